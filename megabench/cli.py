@@ -1,0 +1,69 @@
+"""The ``megabench`` command line: thin click commands, each one library call.
+
+Subcommands live in ``megabench/commands/<name>.py`` and are imported only when run, so that
+``megabench --help`` stays fast and never imports torch. Add a command by adding a line to
+:data:`COMMANDS` (name -> "module:attribute").
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from megabench import __version__
+from megabench.errors import MegabenchError
+
+COMMANDS: dict[str, str] = {
+    "verify": "megabench.commands.verify:verify",
+    "megaface": "megabench.commands.megaface:megaface",
+    "convert": "megabench.commands.megaface:convert",
+    "synth": "megabench.commands.synth:synth",
+    "ls": "megabench.commands.specs:ls",
+    "validate": "megabench.commands.specs:validate",
+    "models": "megabench.commands.models:models",
+    "profile": "megabench.commands.models:profile",
+    "export": "megabench.commands.models:export",
+    "demo": "megabench.commands.demo:demo",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            module, _, attr = self.lazy[name].partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MegabenchError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            ctx.exit(1)
+        except KeyError as exc:
+            # registry misses carry their own message ("unknown model 'x'; did you mean ...")
+            if exc.args and isinstance(exc.args[0], str) and exc.args[0].startswith("unknown "):
+                click.secho(f"error: {exc.args[0]}", fg="red", err=True)
+                ctx.exit(1)
+            raise
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="megabench")
+def cli() -> None:
+    """megabench: exact face-recognition benchmarks and the SRANet model zoo."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="megabench")

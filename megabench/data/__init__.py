@@ -1,0 +1,1 @@
+"""Readers and writers for the field's file formats and megabench's HDF5 feature store."""

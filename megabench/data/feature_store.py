@@ -1,0 +1,296 @@
+"""The HDF5 feature store: one layout for every protocol.
+
+Layout (``schema_version`` attribute "1")::
+
+    /features        (N, D) float32 or float16, rows in the source's order
+    /features_flip   (N, D) optional: embeddings of the horizontally flipped images
+    /paths           (N,)   utf-8 strings: image path / pack index, as the source names it
+    /ids             (N,)   optional int64 identity labels
+    attrs: schema_version, model, checkpoint_sha256, preprocessing (JSON text), source_sha256
+
+Datasets are chunked by rows (about 1 MiB a chunk) so 1M x 512 streams block by block.
+Writing goes to a temporary file renamed into place on success (:class:`FeatureStoreWriter`).
+float16 stores are returned as float32.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from megabench.errors import DataError
+from megabench.fileio import atomic_path, sha256_file
+
+STORE_SCHEMA_VERSION = "1"
+_STR = h5py.string_dtype("utf-8")
+
+
+def _chunk_rows(dim: int, itemsize: int, n: int) -> int:
+    return int(max(1, min(n, (1 << 20) // max(1, dim * itemsize))))
+
+
+@dataclass
+class StoreMeta:
+    """Provenance attributes of a feature store; ``preprocessing`` is a JSON-able dict."""
+
+    model: str = ""
+    checkpoint_sha256: str = ""
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    source_sha256: str = ""
+
+
+class FeatureStoreWriter:
+    """Write a store of known size block by block; the file appears only after :meth:`close`.
+
+    >>> with FeatureStoreWriter("f.h5", n=10, dim=4) as w:
+    ...     w.write(0, np.ones((10, 4), np.float32), paths=[str(i) for i in range(10)])
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        n: int,
+        dim: int,
+        *,
+        dtype: str | np.dtype = "float32",
+        with_flip: bool = False,
+        with_ids: bool = False,
+        meta: StoreMeta | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.n, self.dim = int(n), int(dim)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float16):
+            raise ValueError(f"feature dtype must be float32 or float16, not {self.dtype}")
+        self._ctx = atomic_path(self.path, suffix=".h5")
+        self._tmp = self._ctx.__enter__()
+        self._h5 = h5py.File(self._tmp, "w")
+        rows = _chunk_rows(self.dim, self.dtype.itemsize, max(self.n, 1))
+        shape = (self.n, self.dim)
+        self._h5.create_dataset("features", shape=shape, dtype=self.dtype, chunks=(rows, self.dim) if self.n else None)
+        if with_flip:
+            self._h5.create_dataset("features_flip", shape=shape, dtype=self.dtype,
+                                    chunks=(rows, self.dim) if self.n else None)
+        self._h5.create_dataset("paths", shape=(self.n,), dtype=_STR)
+        if with_ids:
+            self._h5.create_dataset("ids", shape=(self.n,), dtype=np.int64)
+        meta = meta or StoreMeta()
+        attrs = self._h5.attrs
+        attrs["schema_version"] = STORE_SCHEMA_VERSION
+        attrs["model"] = meta.model
+        attrs["checkpoint_sha256"] = meta.checkpoint_sha256
+        attrs["preprocessing"] = json.dumps(meta.preprocessing, sort_keys=True)
+        attrs["source_sha256"] = meta.source_sha256
+        self._written = np.zeros(self.n, dtype=bool)
+
+    def write(
+        self,
+        start: int,
+        features: np.ndarray,
+        *,
+        paths: Sequence[str] | None = None,
+        ids: np.ndarray | None = None,
+        features_flip: np.ndarray | None = None,
+    ) -> None:
+        """Write rows ``start : start + len(features)``."""
+        features = np.asarray(features)
+        stop = start + features.shape[0]
+        if features.ndim != 2 or features.shape[1] != self.dim or stop > self.n or start < 0:
+            raise ValueError(f"block of shape {features.shape} does not fit rows {start}:{stop} of "
+                             f"({self.n}, {self.dim})")
+        self._h5["features"][start:stop] = features.astype(self.dtype, copy=False)
+        if features_flip is not None:
+            self._h5["features_flip"][start:stop] = np.asarray(features_flip).astype(self.dtype, copy=False)
+        if paths is not None:
+            if len(paths) != features.shape[0]:
+                raise ValueError("paths and features differ in length")
+            self._h5["paths"][start:stop] = np.asarray(list(paths), dtype=object)
+        if ids is not None:
+            self._h5["ids"][start:stop] = np.asarray(ids, dtype=np.int64)
+        self._written[start:stop] = True
+
+    def close(self) -> Path:
+        """Finish and rename into place. Raises if some rows were never written."""
+        if not self._written.all():
+            missing = np.flatnonzero(~self._written)
+            self.abort()
+            raise DataError(f"{self.path}: {missing.size} feature rows never written (first {missing[:5].tolist()})")
+        self._h5.close()
+        self._ctx.__exit__(None, None, None)
+        return self.path
+
+    def abort(self) -> None:
+        """Close and delete the temporary file; the final path is left untouched."""
+        try:
+            self._h5.close()
+        finally:
+            exc = RuntimeError("feature store write aborted")
+            self._ctx.__exit__(RuntimeError, exc, None)
+
+    def __enter__(self) -> FeatureStoreWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_features(
+    path: str | os.PathLike,
+    features: np.ndarray,
+    paths: Sequence[str],
+    *,
+    ids: np.ndarray | None = None,
+    features_flip: np.ndarray | None = None,
+    meta: StoreMeta | None = None,
+    dtype: str | np.dtype = "float32",
+) -> Path:
+    """Write a whole store at once (atomic). ``features``: (N, D); ``paths``: N strings."""
+    features = np.asarray(features)
+    if features.ndim != 2:
+        raise ValueError(f"features must be (N, D), got shape {features.shape}")
+    if features_flip is not None and np.shape(features_flip) != features.shape:
+        raise ValueError(f"features_flip shape {np.shape(features_flip)} != features shape {features.shape}")
+    n, d = features.shape
+    with FeatureStoreWriter(path, n, d, dtype=dtype, with_flip=features_flip is not None,
+                            with_ids=ids is not None, meta=meta) as w:
+        if n:
+            w.write(0, features, paths=paths, ids=ids, features_flip=features_flip)
+    return Path(path)
+
+
+class FeatureStore:
+    """Read-only view of a store; open with :func:`open_features` (a context manager)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        try:
+            self._h5 = h5py.File(self.path, "r")
+        except FileNotFoundError:
+            raise DataError(f"{self.path}: no such feature store") from None
+        except OSError as exc:
+            raise DataError(f"{self.path}: not an HDF5 feature store ({exc}); write one with "
+                            "`megabench convert` or megabench.data.feature_store.write_features") from None
+        if "features" not in self._h5:
+            self._h5.close()
+            raise DataError(f"{self.path}: HDF5 file has no `features` dataset; not a megabench feature store")
+        f = self._h5["features"]
+        if f.ndim != 2:
+            self._h5.close()
+            raise DataError(f"{self.path}: `features` must be 2-D (N, D), found shape {f.shape}")
+        self.n, self.dim = (int(s) for s in f.shape)
+        if "features_flip" in self._h5 and self._h5["features_flip"].shape != f.shape:
+            shape = self._h5["features_flip"].shape
+            self._h5.close()
+            raise DataError(f"{self.path}: `features_flip` has shape {shape} but `features` has {f.shape}; "
+                            "re-extract both from the same image list")
+        for name in ("paths", "ids"):
+            if name in self._h5 and self._h5[name].shape[0] != self.n:
+                n_other = self._h5[name].shape[0]
+                self._h5.close()
+                raise DataError(f"{self.path}: `{name}` has {n_other} rows but `features` has {self.n}")
+
+    # --- metadata -----------------------------------------------------------------------------
+    @property
+    def has_flip(self) -> bool:
+        return "features_flip" in self._h5
+
+    @property
+    def has_ids(self) -> bool:
+        return "ids" in self._h5
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._h5["features"].dtype
+
+    @property
+    def meta(self) -> StoreMeta:
+        a = self._h5.attrs
+
+        def text(key: str) -> str:
+            v = a.get(key, "")
+            return v.decode() if isinstance(v, bytes) else str(v)
+
+        try:
+            prep = json.loads(text("preprocessing") or "{}")
+        except json.JSONDecodeError:
+            prep = {"raw": text("preprocessing")}
+        return StoreMeta(model=text("model"), checkpoint_sha256=text("checkpoint_sha256"),
+                         preprocessing=prep, source_sha256=text("source_sha256"))
+
+    def paths(self) -> list[str]:
+        if "paths" not in self._h5:
+            return [str(i) for i in range(self.n)]
+        return [p.decode("utf-8") if isinstance(p, bytes) else str(p) for p in self._h5["paths"][:]]
+
+    def ids(self) -> np.ndarray | None:
+        return self._h5["ids"][:].astype(np.int64) if self.has_ids else None
+
+    def sha256(self) -> str:
+        return sha256_file(self.path)
+
+    # --- data ---------------------------------------------------------------------------------
+    def read(self, dataset: str = "features", rows: slice | np.ndarray | None = None) -> np.ndarray:
+        """Rows of ``dataset`` as float32 (N, D). ``rows``: a slice or sorted index array."""
+        if dataset not in self._h5:
+            raise DataError(f"{self.path}: no `{dataset}` dataset")
+        ds = self._h5[dataset]
+        out = ds[...] if rows is None else ds[rows]
+        return np.asarray(out, dtype=np.float32)
+
+    def iter_blocks(
+        self, block_rows: int, dataset: str = "features", start: int = 0
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(first_row, block)`` with float32 blocks of at most ``block_rows`` rows."""
+        ds = self._h5[dataset]
+        for lo in range(start, self.n, block_rows):
+            hi = min(self.n, lo + block_rows)
+            yield lo, np.asarray(ds[lo:hi], dtype=np.float32)
+
+    def close(self) -> None:
+        self._h5.close()
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_features(path: str | os.PathLike) -> FeatureStore:
+    return FeatureStore(path)
+
+
+def check_embeddings(x: np.ndarray, *, source: str, what: str = "embedding") -> None:
+    """Raise :class:`DataError` naming the first rows that are NaN/inf or have zero norm.
+
+    ``x``: (N, D). Zero norm means ``||x_i|| == 0`` (cannot be L2-normalised).
+    """
+    x = np.asarray(x)
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise DataError(f"{source}: {bad.size} {what} row(s) contain NaN or inf (first rows {bad[:5].tolist()}); "
+                        "re-extract them, the model or its input produced non-finite values")
+    norms = np.linalg.norm(x.astype(np.float64, copy=False), axis=1)
+    zero = norms == 0
+    if zero.any():
+        bad = np.flatnonzero(zero)
+        raise DataError(f"{source}: {bad.size} {what} row(s) have zero norm (first rows {bad[:5].tolist()}); "
+                        "they cannot be L2-normalised: re-extract them or drop those images")
+
+
+def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """x / ||x|| along ``axis`` in float32 (the norm is taken in float64 for stability)."""
+    x = np.asarray(x)
+    n = np.linalg.norm(x.astype(np.float64, copy=False), axis=axis, keepdims=True)
+    return (x / n).astype(np.float32)

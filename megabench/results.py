@@ -1,0 +1,135 @@
+"""Versioned result files: one JSON per (model, protocol variant), written atomically.
+
+Common keys (every kind)::
+
+    schema_version  "1.0"
+    kind            "verification" | "megaface" | "profile" | ...
+    created         ISO-8601 UTC timestamp
+    megabench       {"version", "git"}
+    model           {"name", "checkpoint_sha256", "preprocessing"}  (values may be null)
+    protocol        {"name", "version", "sha256", "variant", ...}
+    input           file fingerprints (sha256) and options that change the numbers
+    metrics         the headline numbers; rates are fractions in [0, 1]
+    timings         seconds per phase
+    environment     python / numpy / torch versions, platform, device
+
+Each kind adds its own required keys (:data:`REQUIRED_KEYS`); :func:`validate_result` checks them.
+Reports read only these files.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from megabench import __version__
+from megabench.errors import DataError
+from megabench.fileio import atomic_write_json
+
+SCHEMA_VERSION = "1.0"
+
+COMMON_KEYS = ("schema_version", "kind", "created", "megabench", "environment")
+
+REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
+    "verification": ("protocol", "input", "metrics", "folds"),
+    "megaface": ("protocol", "input", "variants"),
+    "profile": ("model", "params", "size_mb", "flops", "latency_ms", "train_peak_mem_mb", "device"),
+}
+
+
+def git_revision(repo: Path | None = None) -> str | None:
+    """The megabench checkout's commit (with ``+dirty`` when modified), or None outside git."""
+    root = repo or Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5,
+        )
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: str | None = None) -> dict[str, Any]:
+    """Versions and machine facts that can change a number. Imports torch only if already imported."""
+    import sys
+
+    import numpy as np
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "device": device or "cpu",
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        env["torch"] = torch.__version__
+        env["torch_threads"] = torch.get_num_threads()
+        if device and device.startswith("cuda") and torch.cuda.is_available():
+            env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+            env["cuda"] = torch.version.cuda
+    for mod in ("scipy", "sklearn", "h5py", "faiss"):
+        m = sys.modules.get(mod)
+        if m is not None:
+            env[mod] = getattr(m, "__version__", None)
+    return env
+
+
+def new_result(kind: str, *, device: str | None = None, **sections: Any) -> dict[str, Any]:
+    """A result dict with the common keys filled in, plus ``sections`` in the given order."""
+    result: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "megabench": {"version": __version__, "git": git_revision()},
+    }
+    result.update(sections)
+    result["environment"] = environment(device)
+    return result
+
+
+def validate_result(result: dict[str, Any], *, source: str = "result") -> dict[str, Any]:
+    """Check schema version and required keys; returns ``result`` or raises :class:`DataError`."""
+    missing = [k for k in COMMON_KEYS if k not in result]
+    if missing:
+        raise DataError(f"{source}: not a megabench result (missing {missing})")
+    major = str(result["schema_version"]).split(".")[0]
+    if major != SCHEMA_VERSION.split(".")[0]:
+        raise DataError(
+            f"{source}: schema_version {result['schema_version']} is not readable by megabench "
+            f"{__version__} (schema {SCHEMA_VERSION}); re-run the evaluation"
+        )
+    need = REQUIRED_KEYS.get(result["kind"], ())
+    missing = [k for k in need if k not in result]
+    if missing:
+        raise DataError(f"{source}: {result['kind']} result lacks required keys {missing}")
+    return result
+
+
+def write_result(path: str | os.PathLike, result: dict[str, Any]) -> Path:
+    """Validate, then write atomically (temp file + rename)."""
+    validate_result(result, source=str(path))
+    return atomic_write_json(path, result)
+
+
+def read_result(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such result file") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not JSON ({exc}); was it written by megabench?") from None
+    return validate_result(data, source=str(path))

@@ -1,0 +1,134 @@
+"""Registry, config loading, atomic writes, the feature store and the result schema."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from megabench.config import from_dict, load_toml
+from megabench.data.feature_store import (
+    FeatureStoreWriter,
+    StoreMeta,
+    check_embeddings,
+    open_features,
+    write_features,
+)
+from megabench.errors import ConfigError, DataError
+from megabench.fileio import atomic_path, atomic_write_json
+from megabench.registry import Registry
+from megabench.results import new_result, read_result, write_result
+
+
+def test_registry_duplicate_and_close_match():
+    reg: Registry[int] = Registry("thing")
+    reg.add("arcface", 1)
+    with pytest.raises(ValueError, match="already registered"):
+        reg.add("arcface", 2)
+    with pytest.raises(KeyError, match="did you mean 'arcface'"):
+        reg.get("arcfase")
+    assert reg.names() == ["arcface"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+    a: int
+    b: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outer:
+    name: str
+    inner: _Inner
+    grid: tuple[float, ...] = ()
+
+
+def test_config_base_inheritance_and_unknown_keys(tmp_path):
+    (tmp_path / "base.toml").write_text('name = "x"\n[inner]\na = 1\nb = 2\n')
+    (tmp_path / "child.toml").write_text('base = "base.toml"\n[inner]\nb = 3\n')
+    data = load_toml(tmp_path / "child.toml")
+    assert data == {"name": "x", "inner": {"a": 1, "b": 3}}
+    obj = from_dict(_Outer, data)
+    assert obj.inner == _Inner(1, 3.0) and isinstance(obj.inner.b, float)
+    with pytest.raises(ConfigError, match="unknown key"):
+        from_dict(_Outer, {**data, "nmae": 1})
+    with pytest.raises(ConfigError, match="expected int"):
+        from_dict(_Outer, {"name": "x", "inner": {"a": "1"}})
+    (tmp_path / "loop.toml").write_text('base = "loop.toml"\n')
+    with pytest.raises(ConfigError, match="loops"):
+        load_toml(tmp_path / "loop.toml")
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    atomic_write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("boom")
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_feature_store_roundtrip_float16(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(37, 8)).astype(np.float32)
+    meta = StoreMeta(model="m", checkpoint_sha256="abc", preprocessing={"mean": 127.5}, source_sha256="s")
+    p = write_features(tmp_path / "f.h5", x, [f"img{i}.jpg" for i in range(37)], ids=np.arange(37) % 5,
+                       features_flip=-x, meta=meta, dtype="float16")
+    with open_features(p) as fs:
+        assert (fs.n, fs.dim, fs.has_flip, fs.has_ids) == (37, 8, True, True)
+        got = fs.read()
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, x, atol=2e-3)
+        assert fs.paths()[3] == "img3.jpg" and fs.ids()[7] == 2
+        assert fs.meta == meta
+        blocks = list(fs.iter_blocks(10))
+        assert [b[0] for b in blocks] == [0, 10, 20, 30]
+        np.testing.assert_array_equal(np.concatenate([b[1] for b in blocks]), got)
+
+
+def test_feature_store_writer_incomplete_is_not_published(tmp_path):
+    target = tmp_path / "f.h5"
+    w = FeatureStoreWriter(target, n=4, dim=2)
+    w.write(0, np.ones((2, 2)), paths=["a", "b"])
+    with pytest.raises(DataError, match="never written"):
+        w.close()
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_feature_store_rejects_mismatched_flip(tmp_path):
+    import h5py
+
+    p = tmp_path / "bad.h5"
+    with h5py.File(p, "w") as h:
+        h["features"] = np.ones((3, 4), np.float32)
+        h["features_flip"] = np.ones((3, 5), np.float32)
+    with pytest.raises(DataError, match="features_flip"):
+        open_features(p)
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(DataError, match="not an HDF5"):
+        open_features(tmp_path / "junk.h5")
+
+
+def test_check_embeddings_names_first_bad_rows():
+    x = np.ones((6, 3), np.float32)
+    x[4, 1] = np.nan
+    with pytest.raises(DataError, match=r"NaN or inf \(first rows \[4\]\)"):
+        check_embeddings(x, source="f.h5")
+    x[4] = 1
+    x[2] = 0
+    with pytest.raises(DataError, match=r"zero norm \(first rows \[2\]\)"):
+        check_embeddings(x, source="f.h5")
+
+
+def test_result_schema_roundtrip(tmp_path):
+    r = new_result("verification", protocol={"name": "lfw"}, input={}, metrics={"accuracy": float("nan")},
+                   folds=[])
+    p = write_result(tmp_path / "r.json", r)
+    back = read_result(p)
+    assert back["metrics"]["accuracy"] is None  # strict JSON: NaN -> null
+    assert back["schema_version"] == "1.0" and "environment" in back
+    with pytest.raises(DataError, match="lacks required keys"):
+        write_result(tmp_path / "bad.json", new_result("verification"))

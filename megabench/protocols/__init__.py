@@ -1,0 +1,1 @@
+"""Protocols: a spec plus features -> a result (``verification``, ``megaface``)."""

@@ -1,0 +1,176 @@
+"""``megabench megaface``, ``megabench convert`` and ``megabench synth megaface``.
+
+Thin click commands: parse options, call :mod:`megabench.protocols.megaface` /
+:mod:`megabench.data.megaface_io` / :mod:`megabench.data.synthetic_megaface`. Heavy imports inside.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def _sizes(value: str | None) -> list[int] | None:
+    if not value:
+        return None
+    try:
+        return [int(float(v)) for v in value.replace(",", " ").split()]
+    except ValueError:
+        raise click.BadParameter(f"sizes must be numbers, e.g. 10,100,1000: {value!r}") from None
+
+
+def _synthetic_dir(n: int, dim: int, seed: int, dtype: str) -> Path:
+    import os
+
+    root = Path(os.environ.get("MEGABENCH_CACHE", Path.home() / ".cache" / "megabench"))
+    return root / f"synth_megaface_n{n}_d{dim}_s{seed}_{dtype}"
+
+
+@click.command("megaface")
+@click.option("--probes", type=click.Path(dir_okay=False), help="FaceScrub probe feature store (HDF5).")
+@click.option("--distractors", type=click.Path(dir_okay=False), help="MegaFace distractor feature store (HDF5).")
+@click.option("--probe-list", type=click.Path(dir_okay=False), help="facescrub_features_list.json (path, id).")
+@click.option("--distractor-lists", type=click.Path(file_okay=False),
+              help="Folder with megaface_features_list.json_<size>_<set> files.")
+@click.option("--list-set", type=int, default=None, help="Which <set> of the distractor lists (default 1).")
+@click.option("--sizes", default=None, help="Distractor sizes, e.g. 10,100,1000 (default: the spec's).")
+@click.option("--seed", type=int, default=None, help="Seed of the nested random subsets (no lists).")
+@click.option("--refine", type=click.Choice(["insightface", "facex", "drop", "none"]), default=None)
+@click.option("--ties", type=click.Choice(["conservative", "optimistic"]), default=None)
+@click.option("--facescrub-noises", type=click.Path(dir_okay=False), default=None)
+@click.option("--megaface-noises", type=click.Path(dir_okay=False), default=None)
+@click.option("--jitter-seed", type=int, default=None, help="Mimic insightface's +-0.001 jitter of refined probes.")
+@click.option("--backend", type=click.Choice(["torch", "faiss"]), default="torch")
+@click.option("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+@click.option("--block-rows", type=int, default=None, help="Distractors per GEMM block (memory ~ probes x block).")
+@click.option("--spec", default="megaface_c1", help="Protocol spec name or TOML path.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Result JSON.")
+@click.option("--devkit-json", type=click.Path(file_okay=False), default=None,
+              help="Also write devkit cmc_facescrub_megaface_<alg>_<size>_1.json files here.")
+@click.option("--alg", default="megabench", help="Algorithm name in the devkit file names.")
+@click.option("--state", type=click.Path(dir_okay=False), default=None,
+              help="Resume state file (default <out>.state.npz), removed after a successful run.")
+@click.option("--checkpoint-seconds", type=float, default=30.0, show_default=True,
+              help="Write the resume state after a block when this long has passed since the last write.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished block.")
+@click.option("--allow-singletons", is_flag=True, help="Skip (and count) probe identities with one image.")
+@click.option("--synthetic", type=int, default=None, metavar="N",
+              help="Generate (cached) a synthetic set with N distractors and run the whole protocol on it.")
+@click.option("--dim", type=int, default=512, help="Feature dimension for --synthetic.")
+@click.option("--max-blocks", type=int, default=None, hidden=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def megaface(probes, distractors, probe_list, distractor_lists, list_set, sizes, seed, refine, ties,
+             facescrub_noises, megaface_noises, jitter_seed, backend, device, block_rows, spec, out, devkit_json,
+             alg, state, checkpoint_seconds, resume, allow_singletons, synthetic, dim, max_blocks, quiet) -> None:
+    """MegaFace Challenge 1: exact CMC / rank-1 and TAR@FAR, raw and refined side by side.
+
+    Run under `torchrun --nproc-per-node K megabench megaface ...` to shard the distractors over K ranks.
+    """
+    from megabench.config import load_spec
+    from megabench.engine.distributed import destroy, init_from_env
+    from megabench.errors import MegabenchError
+    from megabench.protocols.megaface import format_table, run_megaface, write_devkit_json
+    from megabench.results import write_result
+
+    spec_obj = load_spec(spec, kind="megaface")
+    info = init_from_env(device)
+    if synthetic is not None:
+        from megabench.data.synthetic_megaface import generate
+        from megabench.engine.distributed import barrier
+
+        folder = _synthetic_dir(synthetic, dim, 0, "float32")
+        if info.is_main and not (folder / "meta.json").exists():
+            click.echo(f"generating synthetic MegaFace ({synthetic:,} distractors x {dim}) in {folder}")
+            generate(folder, synthetic, dim, 0, progress=not quiet)
+        barrier(info)
+        probes = probes or str(folder / "facescrub.h5")
+        distractors = distractors or str(folder / "megaface.h5")
+        probe_list = probe_list or str(folder / "facescrub_features_list.json")
+        distractor_lists = distractor_lists or str(folder / "lists")
+        facescrub_noises = facescrub_noises or str(folder / "facescrub_noises.txt")
+        megaface_noises = megaface_noises or str(folder / "megaface_noises.txt")
+    if not probes or not distractors:
+        raise MegabenchError("megaface needs --probes and --distractors feature stores (or --synthetic N)")
+    if not state and out:
+        state = f"{out}.state.npz"
+    if resume and not state:
+        raise MegabenchError("--resume needs --state PATH or --out (the state goes to <out>.state.npz)")
+    try:
+        result = run_megaface(
+            spec_obj, probes, distractors, probe_list=probe_list, distractor_lists=distractor_lists,
+            list_set=list_set, sizes=_sizes(sizes), seed=seed, refine=refine, ties=ties,
+            facescrub_noises=facescrub_noises, megaface_noises=megaface_noises, jitter_seed=jitter_seed,
+            backend=backend, device=device, block_rows=block_rows, state_path=state, resume=resume,
+            max_blocks=max_blocks, checkpoint_seconds=checkpoint_seconds, allow_singletons=allow_singletons,
+            progress=not quiet and info.is_main, dist_info=info, echo=click.echo,
+        )
+    finally:
+        destroy(info)
+    if result is None:
+        return
+    click.echo(format_table(result))
+    t = result["timings"]
+    click.echo(f"time: total {t['total']:.1f}s (stream {t['stream']:.1f}s)")
+    if out:
+        write_result(out, result)
+        click.echo(f"result: {out}")
+    if devkit_json:
+        files = write_devkit_json(result, devkit_json, alg)
+        click.echo(f"devkit json: {len(files)} files in {devkit_json}")
+    if state and Path(state).exists() and out:
+        Path(state).unlink()
+
+
+@click.command("convert")
+@click.option("--root", type=click.Path(), required=True, help="matio tree root (input or output).")
+@click.option("--list", "list_file", type=click.Path(dir_okay=False),
+              help="Template list (facescrub_features_list.json or megaface_features_list.json_<n>_<set>).")
+@click.option("--store", type=click.Path(dir_okay=False), required=True, help="HDF5 feature store.")
+@click.option("--file-ending", default="_r100.bin", show_default=True)
+@click.option("--to", type=click.Choice(["store", "matio"]), default="store", show_default=True)
+@click.option("--float16", is_flag=True, help="Store features as float16 (computed in float32).")
+@click.option("--allow-missing", is_flag=True, help="Skip (and count) listed paths without a feature file.")
+@click.option("--quiet", is_flag=True)
+def convert(root, list_file, store, file_ending, to, float16, allow_missing, quiet) -> None:
+    """Move devkit matio features into an HDF5 feature store (--to store) or back (--to matio)."""
+    from megabench.data import megaface_io as io
+    from megabench.errors import MegabenchError
+
+    if to == "matio":
+        n = io.store_to_matio(store, root, file_ending=file_ending, progress=not quiet)
+        click.echo(f"wrote {n} matio files under {root}")
+        return
+    if not list_file:
+        raise MegabenchError("convert --to store needs --list (the devkit template list naming the images)")
+    import json
+
+    data = json.loads(Path(list_file).read_text(encoding="utf-8"))
+    ids = None
+    if "id" in data:
+        pl = io.read_probe_list(list_file)
+        paths, ids = list(pl.paths), pl.labels()
+    else:
+        paths = io.read_distractor_list(list_file)
+    rep = io.matio_to_store(root, paths, store, file_ending=file_ending, ids=ids,
+                            dtype="float16" if float16 else "float32", allow_missing=allow_missing,
+                            progress=not quiet)
+    click.echo(f"wrote {rep.written} features to {store}; missing {rep.missing}"
+               + (f" (first: {list(rep.first_missing)})" if rep.missing else ""))
+
+
+@click.command("megaface")
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+@click.option("--distractors", type=int, default=1_000_000, show_default=True)
+@click.option("--dim", type=int, default=512, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--float16", is_flag=True, help="Write float16 feature stores.")
+@click.option("--quiet", is_flag=True)
+def synth_megaface(out, distractors, dim, seed, float16, quiet) -> None:
+    """Synthetic MegaFace Challenge 1 set: stores, devkit lists, planted noise and its noise lists."""
+    from megabench.data.synthetic_megaface import generate
+
+    meta = generate(out, distractors, dim, seed, dtype="float16" if float16 else "float32", progress=not quiet)
+    click.echo(f"wrote {meta['n_probes']} probes and {meta['n_distractors']:,} distractors to {out} "
+               f"(sizes {meta['sizes']}, {meta['n_near_duplicates']} near-duplicates, "
+               f"{meta['n_mislabelled_probes']} mislabelled probes)")

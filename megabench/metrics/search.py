@@ -1,0 +1,92 @@
+"""Score blocks for the streaming MegaFace pass: one GEMM per distractor block, no stored matrix.
+
+A backend turns a block of L2-normalised distractor vectors ``(B, D)`` float32 into the score block
+``S = block @ probes.T`` of shape ``(B, n_probes)``: a float32 torch tensor on the backend's device.
+Backends are registered in :data:`BACKENDS` (``torch``: CPU or CUDA; ``faiss``: flat inner product,
+needs ``faiss-cpu``). float16 inputs are computed in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from megabench.errors import DataError
+from megabench.registry import Registry
+
+BACKENDS: Registry[Callable[..., ScoreBackend]] = Registry("search backend")
+
+
+class ScoreBackend:
+    """Base: holds the probe matrix; :meth:`scores` returns the (B, n_probes) block."""
+
+    def __init__(self, probes: np.ndarray, device: str = "cpu") -> None:
+        import torch
+
+        self.device = torch.device(device)
+        self.probes_np = np.ascontiguousarray(probes, dtype=np.float32)
+
+    def to_device(self, block: np.ndarray):
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(self.device)
+
+    def scores(self, block):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@BACKENDS.register("torch")
+class TorchBackend(ScoreBackend):
+    """``torch.matmul`` in float32 on ``device`` (cpu or cuda)."""
+
+    def __init__(self, probes: np.ndarray, device: str = "cpu") -> None:
+        super().__init__(probes, device)
+        import torch
+
+        self.probes_t = torch.from_numpy(self.probes_np).to(self.device)
+
+    def scores(self, block):
+        return block @ self.probes_t.T
+
+
+@BACKENDS.register("faiss")
+class FaissBackend(ScoreBackend):
+    """faiss flat inner product (``IndexFlatIP`` arithmetic via ``faiss.pairwise_distances``), CPU only."""
+
+    def __init__(self, probes: np.ndarray, device: str = "cpu") -> None:
+        if not str(device).startswith("cpu"):
+            raise DataError(f"the faiss backend runs on the CPU only (got --device {device}); use --backend torch")
+        super().__init__(probes, device)
+        try:
+            import faiss
+        except ImportError:
+            raise DataError("the faiss backend needs faiss: pip install 'megabench[faiss]'") from None
+        self.faiss = faiss
+
+    def scores(self, block):
+        import torch
+
+        x = block.cpu().numpy() if hasattr(block, "cpu") else np.asarray(block, np.float32)
+        s = self.faiss.pairwise_distances(np.ascontiguousarray(x), self.probes_np, self.faiss.METRIC_INNER_PRODUCT)
+        return torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32))
+
+
+def make_backend(name: str, probes: np.ndarray, device: str = "cpu") -> ScoreBackend:
+    return BACKENDS.get(name)(probes, device)
+
+
+def normalize_block(x, *, source: str, first_row: int = 0):
+    """L2-normalise the rows of a float32 tensor; NaN/inf/zero-norm rows -> :class:`DataError`.
+
+    ``first_row`` offsets the row numbers named in the message (rows of the store).
+    """
+    import torch
+
+    norms = torch.linalg.vector_norm(x, dim=1)
+    bad = ~torch.isfinite(norms) | (norms == 0)
+    if bool(bad.any()):
+        rows = (torch.nonzero(bad).reshape(-1).cpu().numpy() + first_row).tolist()
+        raise DataError(f"{source}: {len(rows)} feature row(s) are NaN/inf or have zero norm (first rows "
+                        f"{rows[:5]}); re-extract them or drop those images")
+    return x / norms[:, None]

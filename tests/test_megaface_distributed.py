@@ -1,0 +1,111 @@
+"""Two gloo ranks on CPU shard the distractor blocks and merge: bit-identical to one process."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_megaface_protocol import make_world, run, spec, write_world
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, folder: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    import torch
+
+    torch.set_num_threads(1)
+    from megabench.engine.distributed import destroy, init_from_env
+    from megabench.fileio import dumps_json
+    from megabench.protocols.megaface import run_megaface
+
+    info = init_from_env("cpu")
+    f = Path(folder)
+    try:
+        res = run_megaface(spec(block_rows=23), f / "probes.h5", f / "dist.h5", probe_list=f / "fs.json",
+                           facescrub_noises=f / "fs_noise.txt", megaface_noises=f / "mf_noise.txt",
+                           refine="facex", progress=False, echo=lambda *a: None, dist_info=info)
+    finally:
+        destroy(info)
+    if rank == 0:
+        (f / "dist_result.json").write_text(dumps_json(res["variants"]))
+    else:
+        assert res is None
+
+
+def test_two_gloo_ranks_equal_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    from megabench.fileio import dumps_json
+
+    w = make_world(11)
+    # random (inexact) features too: the same blocks go through the same GEMM on either rank
+    w["X"] = w["X"] + np.random.default_rng(0).normal(0, 0.01, w["X"].shape).astype(np.float32)
+    write_world(w, tmp_path)
+    single = run(tmp_path, w, refine="facex", sp=spec(block_rows=23))
+    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    merged = json.loads((tmp_path / "dist_result.json").read_text())
+    assert merged == json.loads(dumps_json(single["variants"]))
+
+
+def test_all_gather_is_a_noop_for_one_process():
+    from megabench.engine.distributed import DistInfo, all_gather_arrays, init_from_env
+
+    info = init_from_env("cpu")
+    assert info == DistInfo(0, 1, "")
+    arrays = {"a": np.arange(3)}
+    assert all_gather_arrays(arrays, info) == [arrays]
+
+
+@pytest.mark.parametrize("n", [0, 5])
+def test_state_arrays_roundtrip_merge(n):
+    """merge(A, B) == one accumulator fed both blocks; state_arrays/load_state_arrays round trip."""
+    import torch
+
+    from megabench.metrics.streaming import HistSpec, MegafaceAccumulator, VariantPlan, trial_keys
+
+    rng = np.random.default_rng(n)
+    P = rng.normal(size=(6, 8)).astype(np.float32)
+    P /= np.linalg.norm(P, axis=1, keepdims=True)
+    g = P @ P.T
+    cols = np.array([0, 1, 2, 3, 4, 5])
+    pj, pi = np.nonzero(~np.eye(3, dtype=bool))
+    keys, scores = [], []
+    for grp in (cols[:3], cols[3:]):
+        keys.append(trial_keys(grp[pj], g[grp[pj], grp[pi]]))
+        scores.append(g[grp[pj], grp[pi]])
+    k, sc = np.concatenate(keys), np.concatenate(scores).astype(np.float32)
+    o = np.argsort(k)
+    plan = VariantPlan("raw", cols, k[o], sc[o], "keep", np.sort(sc), 6, cut=0.0)
+
+    def acc():
+        return MegafaceAccumulator([plan], 2, 10, HistSpec())
+
+    blocks = []
+    for _ in range(2):
+        X = rng.normal(size=(20, 8)).astype(np.float32)
+        X /= np.linalg.norm(X, axis=1, keepdims=True)
+        blocks.append((torch.from_numpy(X @ P.T), np.repeat([0, 1], 10), np.zeros(20, bool)))
+    one, a, b = acc(), acc(), acc()
+    for blk in blocks:
+        one.update(*blk)
+    a.update(*blocks[0])
+    b.update(*blocks[1])
+    a.merge(b)
+    c = acc()
+    c.load_state_arrays(a.state_arrays())
+    for x in (a, c):
+        for key in ("rank_diff", "tie_diff", "hist", "n_imp", "low_ge", "low_eq"):
+            np.testing.assert_array_equal(x.state["raw"][key], one.state["raw"][key])
+        for t1, t2 in zip(x.state["raw"]["top"], one.state["raw"]["top"], strict=True):
+            np.testing.assert_array_equal(t1, t2)

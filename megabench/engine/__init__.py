@@ -1,0 +1,1 @@
+"""Training-side machinery: checkpoints, recipes (training loop, extraction and distribution to come)."""

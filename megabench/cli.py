@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "models": "megabench.commands.models:models",
     "profile": "megabench.commands.models:profile",
     "export": "megabench.commands.models:export",
+    "report": "megabench.commands.report:report",
     "demo": "megabench.commands.demo:demo",
 }
 

@@ -36,8 +36,8 @@ SCHEMA_VERSION = "1.0"
 COMMON_KEYS = ("schema_version", "kind", "created", "megabench", "environment")
 
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
-    "verification": ("protocol", "input", "metrics", "folds"),
-    "megaface": ("protocol", "input", "variants"),
+    "verification": ("model", "protocol", "input", "metrics", "folds"),
+    "megaface": ("model", "protocol", "input", "variants"),
     "profile": ("model", "params", "size_mb", "flops", "latency_ms", "train_peak_mem_mb", "device"),
 }
 

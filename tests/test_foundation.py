@@ -124,7 +124,7 @@ def test_check_embeddings_names_first_bad_rows():
 
 
 def test_result_schema_roundtrip(tmp_path):
-    r = new_result("verification", protocol={"name": "lfw"}, input={}, metrics={"accuracy": float("nan")},
+    r = new_result("verification", model={}, protocol={"name": "lfw"}, input={}, metrics={"accuracy": float("nan")},
                    folds=[])
     p = write_result(tmp_path / "r.json", r)
     back = read_result(p)

@@ -16,7 +16,7 @@ def ls(what: str) -> None:
     for path in list_specs(SPEC_FOLDERS[what]):
         data = load_toml(path)
         desc = data.get("description", "")
-        click.echo(f"{path.stem:<28} {data.get('kind', '?'):<13} v{data.get('version', '?'):<6} {desc}")
+        click.echo(f"{path.stem:<34} {data.get('kind', '?'):<13} v{data.get('version', '?'):<6} {desc}")
 
 
 @click.command("validate")

@@ -557,9 +557,21 @@ def run_megaface(
 
     from megabench.results import new_result
 
+    with open_features(probes_path) as fs_meta:
+        probe_meta = fs_meta.meta
+    with open_features(distractors_path) as fs_meta:
+        distractor_meta = fs_meta.meta
+    if probe_meta.model != distractor_meta.model or probe_meta.checkpoint_sha256 != distractor_meta.checkpoint_sha256:
+        warnings.warn(f"probe store {probes_path} was extracted with model {probe_meta.model!r} "
+                      f"({probe_meta.checkpoint_sha256[:12] or 'no checkpoint hash'}) but the distractor store "
+                      f"{distractors_path} with {distractor_meta.model!r} "
+                      f"({distractor_meta.checkpoint_sha256[:12] or 'no checkpoint hash'}); "
+                      "scores across models are meaningless", stacklevel=2)
     result = new_result(
         "megaface",
         device=device,
+        model={"name": probe_meta.model or None, "checkpoint_sha256": probe_meta.checkpoint_sha256 or None,
+               "preprocessing": probe_meta.preprocessing},
         protocol={"name": spec.name, "version": spec.version, "sha256": spec.sha256, "source": spec.source,
                   "variant": {"refine": refine, "ties": ties, "jitter_seed": jitter_seed},
                   "genuine_pairs": "unordered i<j (verification); ordered i!=j (identification)",

@@ -32,22 +32,26 @@ def _globals(data: bytes) -> set[str]:
     return found
 
 
-def test_real_small_lfw(shared_data):
-    pack = read_bin(shared_data / "insightface" / "small_lfw.bin")
+def test_real_small_lfw(small_lfw_bin):
+    pack = read_bin(small_lfw_bin)
     assert pack.n_pairs == 10 and pack.n_images == 20
     assert pack.issame.dtype == bool and pack.issame.all()
     ims = list(pack.images())
     assert all(im.shape == (112, 112, 3) and im.dtype == np.uint8 for im in ims)
     assert all(b[:2] == b"\xff\xd8" for b in pack.encoded)  # cv2.imencode JPEGs
     assert all(im.std() > 10 for im in ims)  # real pictures, not blank decodes
-    assert pack.sha256 == hashlib.sha256((shared_data / "insightface" / "small_lfw.bin").read_bytes()).hexdigest()
+    assert pack.sha256 == hashlib.sha256(small_lfw_bin.read_bytes()).hexdigest()
     assert pack.sha256.startswith("1ca73282")
     r1, r2 = pack.pair_rows()
     assert r1.tolist() == list(range(0, 20, 2)) and r2.tolist() == list(range(1, 20, 2))
 
 
-def test_real_pack_rewritten_by_our_writer(shared_data, tmp_path):
-    pack = read_bin(shared_data / "insightface" / "small_lfw.bin")
+def test_shipped_pack_is_the_shared_original(small_lfw_bin, shared_data):
+    assert small_lfw_bin.read_bytes() == (shared_data / "insightface" / "small_lfw.bin").read_bytes()
+
+
+def test_real_pack_rewritten_by_our_writer(small_lfw_bin, tmp_path):
+    pack = read_bin(small_lfw_bin)
     out = write_bin(tmp_path / "copy.bin", pack.encoded, pack.issame, as_arrays=True, protocol=3)
     again = read_bin(out)
     assert again.encoded == pack.encoded and np.array_equal(again.issame, pack.issame)

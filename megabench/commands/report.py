@@ -11,9 +11,9 @@ def _markdown(df) -> str:
     """A GitHub markdown table (pandas' to_markdown needs tabulate; this needs nothing)."""
     cols = [df.index.name or ""] + [str(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for idx, row in df.iterrows():
-        cells = [str(idx)]
-        for v in row:
+    for row in df.itertuples(name=None):  # keeps each column's dtype (iterrows upcasts ints to float)
+        cells = [str(row[0])]
+        for v in row[1:]:
             cells.append(f"{v:.2f}" if isinstance(v, float) else str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -17,6 +17,7 @@ from megabench.errors import MegabenchError
 
 COMMANDS: dict[str, str] = {
     "verify": "megabench.commands.verify:verify",
+    "extract": "megabench.commands.extract:extract",
     "megaface": "megabench.commands.megaface:megaface",
     "convert": "megabench.commands.megaface:convert",
     "synth": "megabench.commands.synth:synth",

@@ -1,1 +1,1 @@
-"""Training-side machinery: checkpoints, recipes (training loop, extraction and distribution to come)."""
+"""Model-side machinery: checkpoints, recipes, feature extraction, the torch.distributed helper."""

@@ -14,7 +14,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from megabench.data.feature_store import write_features
+from megabench.data.feature_store import StoreMeta, write_features
 from megabench.data.megaface_io import write_distractor_list, write_probe_list
 from megabench.errors import DataError, MegabenchError
 from megabench.protocols.megaface import MegafaceSpec, NoiseMatchWarning, format_table, run_megaface, write_devkit_json
@@ -389,3 +389,23 @@ def test_cli_synthetic_end_to_end(tmp_path, monkeypatch):
     assert (tmp_path / "dk" / "refined" / "cmc_facescrub_megaface_megabench_2000_1.json").exists()
     r = CliRunner().invoke(cli, ["megaface", "--quiet"])
     assert r.exit_code == 1 and "error: megaface needs --probes and --distractors" in r.output
+
+
+def test_result_carries_probe_model_and_warns_on_mixed_models(tmp_path):
+    w = make_world(3)
+    write_world(w, tmp_path)
+    prep = {"mean": 127.5, "std": 128.0}
+    write_features(tmp_path / "probes.h5", w["P"], w["paths"], ids=w["labels"],
+                   meta=StoreMeta(model="sranet_r50", checkpoint_sha256="a" * 64, preprocessing=prep))
+    write_features(tmp_path / "dist_same.h5", w["X"], w["dpaths"],
+                   meta=StoreMeta(model="sranet_r50", checkpoint_sha256="a" * 64, preprocessing=prep))
+    write_features(tmp_path / "dist_other.h5", w["X"], w["dpaths"],
+                   meta=StoreMeta(model="iresnet50", checkpoint_sha256="b" * 64))
+    kw = dict(probe_list=tmp_path / "fs.json", progress=False, echo=lambda *a: None, refine="none")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same model: no warning at all
+        res = run_megaface(spec(), tmp_path / "probes.h5", tmp_path / "dist_same.h5", **kw)
+    assert res["model"] == {"name": "sranet_r50", "checkpoint_sha256": "a" * 64, "preprocessing": prep}
+    with pytest.warns(UserWarning, match="'sranet_r50'.*'iresnet50'.*meaningless"):
+        other = run_megaface(spec(), tmp_path / "probes.h5", tmp_path / "dist_other.h5", **kw)
+    assert other["variants"]["raw"] == res["variants"]["raw"]  # same scores, only the provenance differs

@@ -21,17 +21,19 @@ def extract(model_name, checkpoint, pack_path, out, batch_size, device, no_flip,
     """Embed every image of a .bin pack (and its horizontal flip) into a feature store for `verify`."""
     from megabench.data.bin_format import read_bin
     from megabench.data.feature_store import StoreMeta
-    from megabench.engine.checkpoint import load_checkpoint, read_checkpoint
+    from megabench.engine.checkpoint import model_from_checkpoint
     from megabench.engine.extract import extract_features
+    from megabench.errors import MegabenchError
     from megabench.models import create_model
 
     if not (model_name or checkpoint):
         raise click.UsageError("give --model NAME or --checkpoint FILE")
     ckpt_sha = ""
     if checkpoint:
-        payload = read_checkpoint(checkpoint, verify=False)
-        model = create_model(model_name or payload["model"], **dict(payload["config"]))
-        payload = load_checkpoint(checkpoint, model)
+        model, payload = model_from_checkpoint(checkpoint)  # one safe read (weights_only), sha256 verified
+        if model_name and model_name != payload["model"]:
+            raise MegabenchError(f"{checkpoint}: checkpoint is for model {payload['model']!r}, not {model_name!r}; "
+                                 "drop --model or pass the matching checkpoint")
         ckpt_sha = payload["weights_sha256"]
     else:
         model = create_model(model_name)

@@ -29,6 +29,7 @@ def report(results: tuple[str, ...], out_dir: str, size: str | None) -> None:
 
     RESULTS are result JSON files or folders holding them (searched recursively).
     """
+    from megabench.errors import DataError
     from megabench.fileio import atomic_write_bytes
     from megabench.reporting import plots, tables
     from megabench.results import read_result
@@ -41,7 +42,7 @@ def report(results: tuple[str, ...], out_dir: str, size: str | None) -> None:
     for f in files:
         try:
             res = read_result(f)
-        except Exception as exc:  # a folder may hold other JSON (devkit files, resume state)
+        except DataError as exc:  # a folder may hold other JSON (devkit files); a named file must be a result
             if Path(f) in map(Path, results):
                 raise
             click.echo(f"skipped {f}: {exc}", err=True)

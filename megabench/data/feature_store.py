@@ -288,9 +288,3 @@ def check_embeddings(x: np.ndarray, *, source: str, what: str = "embedding") -> 
         raise DataError(f"{source}: {bad.size} {what} row(s) have zero norm (first rows {bad[:5].tolist()}); "
                         "they cannot be L2-normalised: re-extract them or drop those images")
 
-
-def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """x / ||x|| along ``axis`` in float32 (the norm is taken in float64 for stability)."""
-    x = np.asarray(x)
-    n = np.linalg.norm(x.astype(np.float64, copy=False), axis=axis, keepdims=True)
-    return (x / n).astype(np.float32)

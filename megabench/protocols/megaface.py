@@ -97,6 +97,7 @@ class Probes:
     features: np.ndarray  # (n, D) float32, L2-normalised
     labels: np.ndarray  # (n,) int64
     paths: list[str]
+    meta: Any = None  # StoreMeta of the probe store (model, checkpoint, preprocessing)
 
 
 def load_probes(store_path: str | os.PathLike, probe_list: str | os.PathLike | None = None) -> Probes:
@@ -111,6 +112,7 @@ def load_probes(store_path: str | os.PathLike, probe_list: str | os.PathLike | N
         paths = fs.paths()
         x = fs.read()
         ids = fs.ids()
+        meta = fs.meta
     if probe_list is not None:
         pl = read_probe_list(probe_list)
         index = {p: i for i, p in enumerate(paths)}
@@ -125,7 +127,18 @@ def load_probes(store_path: str | os.PathLike, probe_list: str | os.PathLike | N
             raise DataError(f"{store_path}: probe store has no `ids`; pass --probe-list facescrub_features_list.json")
         labels = ids
     xt = normalize_block(torch.from_numpy(np.ascontiguousarray(x)), source=str(store_path))
-    return Probes(xt.numpy(), np.asarray(labels, np.int64), paths)
+    return Probes(xt.numpy(), np.asarray(labels, np.int64), paths, meta)
+
+
+def _warn_if_models_differ(probe_meta, distractor_meta, probes_path: str, distractors_path: str) -> None:
+    """Scores between features of different models (or checkpoints) mean nothing: say so before the pass."""
+    if (probe_meta.model, probe_meta.checkpoint_sha256) == (distractor_meta.model, distractor_meta.checkpoint_sha256):
+        return
+    warnings.warn(f"probe store {probes_path} was extracted with model {probe_meta.model!r} "
+                  f"({probe_meta.checkpoint_sha256[:12] or 'no checkpoint hash'}) but the distractor store "
+                  f"{distractors_path} with {distractor_meta.model!r} "
+                  f"({distractor_meta.checkpoint_sha256[:12] or 'no checkpoint hash'}); "
+                  "scores across models are meaningless: extract both with the same checkpoint", stacklevel=3)
 
 
 @dataclass
@@ -399,6 +412,7 @@ def run_megaface(
         if ds.dim != probes.features.shape[1]:
             raise DataError(f"{distractors_path}: distractor features have dimension {ds.dim} but the probes "
                             f"({probes_path}) have {probes.features.shape[1]}; extract both with the same model")
+        _warn_if_models_differ(probes.meta, ds.meta, str(probes_path), str(distractors_path))
         store_paths = ds.paths()
         lists_sha: dict[str, str] = {}
         if distractor_lists is not None:
@@ -557,21 +571,11 @@ def run_megaface(
 
     from megabench.results import new_result
 
-    with open_features(probes_path) as fs_meta:
-        probe_meta = fs_meta.meta
-    with open_features(distractors_path) as fs_meta:
-        distractor_meta = fs_meta.meta
-    if probe_meta.model != distractor_meta.model or probe_meta.checkpoint_sha256 != distractor_meta.checkpoint_sha256:
-        warnings.warn(f"probe store {probes_path} was extracted with model {probe_meta.model!r} "
-                      f"({probe_meta.checkpoint_sha256[:12] or 'no checkpoint hash'}) but the distractor store "
-                      f"{distractors_path} with {distractor_meta.model!r} "
-                      f"({distractor_meta.checkpoint_sha256[:12] or 'no checkpoint hash'}); "
-                      "scores across models are meaningless", stacklevel=2)
     result = new_result(
         "megaface",
         device=device,
-        model={"name": probe_meta.model or None, "checkpoint_sha256": probe_meta.checkpoint_sha256 or None,
-               "preprocessing": probe_meta.preprocessing},
+        model={"name": probes.meta.model or None, "checkpoint_sha256": probes.meta.checkpoint_sha256 or None,
+               "preprocessing": probes.meta.preprocessing},
         protocol={"name": spec.name, "version": spec.version, "sha256": spec.sha256, "source": spec.source,
                   "variant": {"refine": refine, "ties": ties, "jitter_seed": jitter_seed},
                   "genuine_pairs": "unordered i<j (verification); ordered i!=j (identification)",

@@ -29,7 +29,7 @@ import numpy as np
 CHILD = r"""
 import json, sys, time
 from megabench.config import load_spec
-from megabench.protocols.megaface import run_megaface
+from megabench.evaluation.megaface import run_megaface
 args = json.loads(sys.argv[1])
 spec = load_spec("megaface_c1", kind="megaface")
 t = time.perf_counter()
@@ -110,7 +110,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from megabench.data.synthetic_megaface import STANDARD_SIZES, generate
-    from megabench.protocols.megaface import load_probes
+    from megabench.evaluation.megaface import load_probes
 
     cache = Path(os.environ.get("MEGABENCH_CACHE", Path(tempfile.gettempdir()) / "megabench_cache"))
 
@@ -148,7 +148,7 @@ def main() -> None:
 
 def bench_floor(a, folder: Path) -> None:
     from megabench.data.synthetic_megaface import STANDARD_SIZES
-    from megabench.protocols.megaface import load_probes
+    from megabench.evaluation.megaface import load_probes
 
     sizes = [s for s in STANDARD_SIZES if s <= a.distractors] or [a.distractors]
     pr = load_probes(folder / "facescrub.h5", folder / "facescrub_features_list.json")

@@ -32,8 +32,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: kind -> "module:Class". Import is lazy so that reading a spec does not import torch.
 SPEC_KINDS: dict[str, str] = {
-    "verification": "megabench.protocols.verification:VerificationSpec",
-    "megaface": "megabench.protocols.megaface:MegafaceSpec",
+    "verification": "megabench.evaluation.verification:VerificationSpec",
+    "megaface": "megabench.evaluation.megaface:MegafaceSpec",
     "recipe": "megabench.engine.recipe:Recipe",
 }
 

@@ -26,8 +26,8 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
 
     torch.set_num_threads(1)
     from megabench.engine.distributed import destroy, init_from_env
+    from megabench.evaluation.megaface import run_megaface
     from megabench.fileio import dumps_json
-    from megabench.protocols.megaface import run_megaface
 
     info = init_from_env("cpu")
     f = Path(folder)

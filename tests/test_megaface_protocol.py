@@ -17,7 +17,7 @@ import pytest
 from megabench.data.feature_store import StoreMeta, write_features
 from megabench.data.megaface_io import write_distractor_list, write_probe_list
 from megabench.errors import DataError, MegabenchError
-from megabench.protocols.megaface import MegafaceSpec, NoiseMatchWarning, format_table, run_megaface, write_devkit_json
+from megabench.evaluation.megaface import MegafaceSpec, NoiseMatchWarning, format_table, run_megaface, write_devkit_json
 
 DIM = 64
 FARS = (1e-3, 1e-2, 1e-1, 0.3)

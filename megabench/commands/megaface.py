@@ -1,6 +1,6 @@
 """``megabench megaface``, ``megabench convert`` and ``megabench synth megaface``.
 
-Thin click commands: parse options, call :mod:`megabench.protocols.megaface` /
+Thin click commands: parse options, call :mod:`megabench.evaluation.megaface` /
 :mod:`megabench.data.megaface_io` / :mod:`megabench.data.synthetic_megaface`. Heavy imports inside.
 """
 
@@ -70,7 +70,7 @@ def megaface(probes, distractors, probe_list, distractor_lists, list_set, sizes,
     from megabench.config import load_spec
     from megabench.engine.distributed import destroy, init_from_env
     from megabench.errors import MegabenchError
-    from megabench.protocols.megaface import format_table, run_megaface, write_devkit_json
+    from megabench.evaluation.megaface import format_table, run_megaface, write_devkit_json
     from megabench.results import write_result
 
     spec_obj = load_spec(spec, kind="megaface")

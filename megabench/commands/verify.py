@@ -37,7 +37,7 @@ def verify(pairs_path: str, features: str, images: str | None, flip: str | None,
            threshold_search: str | None, allow_partial: bool, out: str | None) -> None:
     """10-fold verification accuracy (insightface-exact), VAL@FAR, ROC, AUC and EER."""
     from megabench.config import load_spec
-    from megabench.protocols.verification import evaluate, load_pairs
+    from megabench.evaluation.verification import evaluate, load_pairs
     from megabench.results import write_result
 
     spec = load_spec(protocol or guess_protocol(pairs_path), kind="verification")

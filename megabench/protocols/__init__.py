@@ -1,1 +1,0 @@
-"""Protocols: a spec plus features -> a result (``verification``, ``megaface``)."""

@@ -33,7 +33,7 @@ def test_registry_has_the_paper_zoo() -> None:
 
 
 def _ir_params(depths, widths=(64, 128, 256, 512), stem=64, emb=512, hw=7, attn=()) -> int:
-    """Parameter count from the architecture text of MODELS.md, block by block."""
+    """Parameter count from the architecture text of docs/models.md, block by block."""
     n = 3 * stem * 9 + 2 * stem + stem  # stem conv, BN, PReLU
     c_in = stem
     for depth, c in zip(depths, widths, strict=True):

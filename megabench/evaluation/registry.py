@@ -127,8 +127,8 @@ register_evaluation(Evaluation(
 register_evaluation(Evaluation(
     name="megaface",
     spec="megabench.evaluation.megaface:MegafaceSpec",
-    options="megabench.evaluation.registry:LegacyMegafaceOptions",
-    run="megabench.evaluation.registry:run_megaface_legacy",
+    options="megabench.evaluation.megaface:MegafaceOptions",
+    run="megabench.evaluation.megaface:run_megaface",
     result=ResultKind("megaface", ("model", "protocol", "input", "variants"),
                       table="megabench.reporting.tables:megaface_table",
                       description="MegaFace Challenge 1 per distractor size: rank-1, CMC, TAR@FAR; raw and refined"),
@@ -141,20 +141,3 @@ register_result_kind(ResultKind(
     table="megabench.reporting.tables:profile_table",
     description="a model's cost: parameters, size, FLOPs, latency, training memory (megabench profile)",
 ))
-
-
-# ------------------------------------------------------------- temporary adapter (until MegafaceOptions)
-@dataclass(frozen=True)
-class LegacyMegafaceOptions:
-    """Keyword arguments of the current ``run_megaface(spec, probes, distractors, **kwargs)``."""
-
-    probes: str
-    distractors: str
-    kwargs: tuple[tuple[str, Any], ...] = ()
-
-
-def run_megaface_legacy(spec: Any, options: LegacyMegafaceOptions) -> dict[str, Any] | None:
-    """``run(spec, options)`` over the current ``run_megaface`` signature."""
-    from megabench.evaluation.megaface import run_megaface
-
-    return run_megaface(spec, options.probes, options.distractors, **dict(options.kwargs))

@@ -21,3 +21,7 @@ class ConfigError(MegabenchError):
 
 class UnsafePickleError(DataError):
     """A pickle asked for a global outside the allow-list; nothing from it was executed."""
+
+
+class OutputError(MegabenchError):
+    """An output may not be written: it is an input of the run, read-only, someone else's data, or unwritable."""

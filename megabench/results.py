@@ -119,6 +119,16 @@ def validate_result(result: dict[str, Any], *, source: str = "result") -> dict[s
     return result
 
 
+def is_result_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a JSON object with megabench's common result keys (a re-run may replace it)."""
+    try:
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read(64 << 20).decode("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and all(k in data for k in COMMON_KEYS)
+
+
 def write_result(path: str | os.PathLike, result: dict[str, Any]) -> Path:
     """Validate, then write atomically (temp file + rename)."""
     validate_result(result, source=str(path))

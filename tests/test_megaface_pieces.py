@@ -12,7 +12,6 @@ from megabench.evaluation.megaface import (
     MegafaceOptions,
     MegafaceSpec,
     ResumeState,
-    block_row_order,
     check_state_target,
     gather_accumulators,
     match_noise,
@@ -50,7 +49,7 @@ def test_options_sizes_become_ints():
     assert MegafaceOptions(sizes=[10.0, 100]).sizes == (10, 100)
 
 
-# --- scheduling and block rows ----------------------------------------------------------------------
+# --- scheduling ----------------------------------------------------------------------
 @pytest.mark.parametrize("n, rows, world", [(0, 5, 1), (1, 5, 2), (100, 7, 3), (64, 8, 2), (10, 100, 4)])
 def test_schedule_partitions_the_blocks_over_ranks(n, rows, world):
     parts = [schedule_blocks(n, rows, r, world) for r in range(world)]
@@ -58,19 +57,6 @@ def test_schedule_partitions_the_blocks_over_ranks(n, rows, world):
     assert everything == list(range(-(-n // rows)))
     for r, p in enumerate(parts):
         assert all(b % world == r for b in p)
-
-
-def test_block_row_order_sorts_by_class_then_noisy_and_drops_unused():
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        cls = rng.integers(-1, 3, size=20)
-        noisy = rng.random(20) < 0.3
-        order = block_row_order(cls, noisy)
-        ref = sorted((int(c), bool(nz), i) for i, (c, nz) in enumerate(zip(cls, noisy, strict=True)) if c >= 0)
-        got = np.arange(20) if order is None else order
-        assert [i for *_, i in ref] == got.tolist()
-    assert block_row_order(np.array([0, 0, 1]), np.array([False, True, False])) is None
-    assert block_row_order(np.array([-1, -1]), np.array([False, False])).size == 0
 
 
 # --- the block loop ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""MegaFace Challenge 1 (FaceScrub probes), raw and refined, in one streaming pass (PROTOCOLS.md §2).
+"""MegaFace Challenge 1 (FaceScrub probes), raw and refined, in one streaming pass (docs/megaface.md).
 
 :func:`run_megaface` takes a :class:`MegafaceSpec` (``protocols/megaface_c1.toml``), a probe feature store
 and a distractor feature store (HDF5, :mod:`megabench.data.feature_store`), optional devkit lists and noise
@@ -9,7 +9,7 @@ lists, and returns a result dict (kind ``"megaface"``)::
         n_genuine, ci95, k, exact}, ...}, devkit_reading{...}, roc{fpr, tpr, threshold, exact}}}
     noise{facescrub_matched, megaface_matched, lists_sha256, n_noisy_probes, n_noisy_distractors}
 
-Definitions
+Definitions (docs/megaface.md §2-§4)
 - Identification: every ordered same-identity probe pair (i, j), i != j: probe x_j, gallery {x_i} + D;
   rank = #{d in D: s(x_j, d) >= s(x_j, x_i)} (0-based; ``ties = "optimistic"`` uses ``>``).
 - Verification genuine pairs: the *unordered* same-identity probe pairs i < j (as the devkit), score
@@ -74,7 +74,7 @@ class MegafaceSpec:
 
     def __post_init__(self) -> None:
         if self.hist_bins < (1 << 20):
-            raise ValueError(f"hist_bins must be >= 2**20 (PROTOCOLS.md), got {self.hist_bins}")
+            raise ValueError(f"hist_bins must be >= 2**20 (docs/megaface.md §3), got {self.hist_bins}")
         if self.topk_min < 1 or not 1 <= self.block_rows < (1 << 24):
             raise ValueError("topk_min must be positive and block_rows in [1, 2**24)")
 
@@ -490,7 +490,8 @@ def state_marker(path: str | os.PathLike) -> tuple[str, str] | None:
 
 @dataclass(frozen=True)
 class ResumeState:
-    """One rank's resume state file: accumulator arrays + finished blocks + marker (magic, fingerprint).
+    """One rank's resume state file: accumulator arrays + finished blocks + marker (magic, fingerprint);
+    docs/megaface.md §6.
 
     Overwrites only a missing file or a megabench resume state (:meth:`check_target`); removes only a
     file carrying this run's fingerprint (:meth:`remove`).
@@ -628,7 +629,8 @@ class NoiseMatch:
 
 def match_noise(spec: MegafaceSpec, opts: MegafaceOptions, probe_paths: list[str], store_paths: list[str],
                 membership: Membership) -> NoiseMatch:
-    """Read the noise lists (unless ``refine == "none"``) and mark the probes / used distractors they name."""
+    """Read the noise lists (unless ``refine == "none"``) and mark the probes / used distractors they name
+    (docs/megaface.md §4)."""
     from megabench.data.megaface_io import match_facescrub_noise, match_megaface_noise, read_noise_list
 
     noisy_probe = np.zeros(len(probe_paths), bool)
@@ -767,7 +769,8 @@ def make_accumulator(plans: list, n_classes: int, k: int, spec: MegafaceSpec, op
 
 # --- the stream -------------------------------------------------------------------------------------
 def schedule_blocks(n_rows: int, block_rows: int, rank: int = 0, world: int = 1) -> list[int]:
-    """The blocks (``rows b*block_rows : (b+1)*block_rows``) one rank streams: ``b % world == rank``."""
+    """The blocks (``rows b*block_rows : (b+1)*block_rows``) one rank streams: ``b % world == rank``
+    (docs/megaface.md §7)."""
     n_blocks = -(-n_rows // block_rows)
     return [b for b in range(n_blocks) if b % world == rank]
 
@@ -854,7 +857,7 @@ def stream_pass(inputs: MegafaceInputs, stack: Stack, acc, opts: MegafaceOptions
 
 # --- gather -----------------------------------------------------------------------------------------
 def gather_accumulators(acc, new_accumulator, info):
-    """Merge every rank's accumulator on rank 0 (in rank order); None on the other ranks.
+    """Merge every rank's accumulator on rank 0 (in rank order); None on the other ranks (docs/megaface.md §7).
 
     ``new_accumulator()`` makes an empty accumulator of the same plans. One process: ``acc`` itself.
     """

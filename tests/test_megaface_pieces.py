@@ -184,3 +184,15 @@ def test_jitter_goes_onto_the_identity_sum_as_insightface():
     plain = build_stack(probes, noisy, "insightface")
     m = x[(labels == 0) & ~noisy].astype(np.float64).mean(axis=0)
     np.testing.assert_array_equal(plain.vectors[7], (m / np.linalg.norm(m)).astype(np.float32))
+
+
+def test_a_killed_save_leaves_temporaries_that_the_next_run_removes(tmp_path):
+    from megabench.evaluation.megaface import remove_state_temporaries
+
+    state = tmp_path / "r[1].state.npz"  # glob metacharacters in the name are matched literally
+    ours = [tmp_path / ".r[1].state.npz.k2j4.npz.tmp", tmp_path / ".r[1].state.npz.zz.npz.tmp"]
+    others = [tmp_path / ".r[1].state.npz.k2j4.tmp", tmp_path / ".r1.state.npz.ab.npz.tmp", tmp_path / "keep.npz"]
+    for p in ours + others:
+        p.write_bytes(b"x")
+    assert sorted(remove_state_temporaries(state)) == sorted(ours)
+    assert all(p.exists() for p in others) and not any(p.exists() for p in ours)

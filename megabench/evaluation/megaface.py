@@ -554,6 +554,18 @@ def check_state_target(path: str | os.PathLike) -> None:
                              "point --state at a new file")
 
 
+def remove_state_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the hidden ``.<state name>.<random>.npz.tmp`` files a killed save of ``path`` left
+    (:func:`megabench.fileio.atomic_path` names them so; nothing else matches); returns them."""
+    import glob
+
+    path = Path(path)
+    found = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*.npz.tmp") if p.is_file()]
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
+
+
 def remove_states(state: str | os.PathLike, fingerprint: str, world: int) -> list[Path]:
     """After a successful run: delete every rank's state file of this run (marker checked); returns them."""
     files = [rank_state_path(state, r, world) for r in range(max(world, 1))]
@@ -832,6 +844,8 @@ def stream_pass(inputs: MegafaceInputs, stack: Stack, acc, opts: MegafaceOptions
 
     mine = schedule_blocks(inputs.store.n, opts.block_rows, info.rank, info.world)
     state = ResumeState(rank_state_path(opts.state, info.rank, info.world), fingerprint) if opts.state else None
+    if state is not None:
+        remove_state_temporaries(state.path)
     done: list[int] = []
     if opts.resume and state is not None and state.path.exists():
         done = state.load(acc)

@@ -133,3 +133,20 @@ def test_report_command_bad_inputs(tmp_path):
     res = run(cli, ["report", str(tmp_path / "v.json"), "--out", str(tmp_path / "o"), "--format", "md"])
     assert res.exit_code == 0 and not (tmp_path / "o" / "report.html").exists()
     assert (tmp_path / "o" / "table1.md").exists() and not (tmp_path / "o" / "table1.tex").exists()
+
+
+def test_report_tolerates_old_and_partial_results(tmp_path):
+    """A profile result whose `model` is just the name, a verification without accuracy: no crash."""
+    old = profile("iresnet50", attn=(), ms=10.0, size_mb=174.36, mem_mb=1000.0)
+    old["model"] = "iresnet50"
+    partial = verification("sranet_r50", "lfw", 0.99)
+    partial["metrics"]["accuracy"] = None
+    for i, r in enumerate([old, partial, verification("sranet_r50", "agedb_30", 0.95)]):
+        write_result(tmp_path / "res" / f"{i}.json", r)
+    res = CliRunner().invoke(cli, ["report", str(tmp_path / "res"), "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    t1 = pd.read_csv(tmp_path / "rep" / "table1.csv")
+    assert t1[(t1["source"] == "ours")]["Inference (ms)"].iloc[0] == 10.0
+    (tmp_path / "afile").write_text("x")
+    res = CliRunner().invoke(cli, ["report", str(tmp_path / "res"), "--out", str(tmp_path / "afile")])
+    assert res.exit_code != 0 and "is a file" in res.output and (tmp_path / "afile").read_text() == "x"

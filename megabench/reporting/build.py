@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from megabench.errors import DataError, MegabenchError
-from megabench.fileio import atomic_write_bytes
+from megabench.fileio import atomic_write_bytes, check_output_dir
 from megabench.reporting import plots, render, tables
 from megabench.reporting.paper_tables import column_decimals, paper_table
 from megabench.reporting.reference import paper_reference
@@ -124,6 +124,7 @@ _WRITERS = {"md": render.to_markdown, "csv": render.to_csv, "tex": render.to_lat
 def build_report(inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *, formats: Sequence[str] = FORMATS,
                  size: str | None = None, mapping: Mapping[str, str] | None = None) -> Report:
     """Read the results under ``inputs`` and write the report into ``out`` (see the module docstring)."""
+    check_output_dir(out, [])  # a folder we can write, checked before reading anything
     results, skipped = collect_results(inputs)
     if not results:
         raise DataError("no megabench result files among the inputs " + ", ".join(map(str, inputs)))

@@ -31,9 +31,17 @@ def _dig(data: Any, path: tuple[str, ...]) -> Any:
     return data
 
 
+def _model_section(result: dict[str, Any]) -> dict[str, Any]:
+    """The ``model`` section as a dict (older profile results hold just the name)."""
+    model = result.get("model")
+    if isinstance(model, str):
+        return {"name": model}
+    return model if isinstance(model, dict) else {}
+
+
 def result_label(result: dict[str, Any]) -> str:
     """The model's name (with the checkpoint's short sha when known), else the features' file stem."""
-    model = result.get("model") or {}
+    model = _model_section(result)
     name = model.get("name")
     if name:
         sha = model.get("checkpoint_sha256")
@@ -46,11 +54,17 @@ def result_label(result: dict[str, Any]) -> str:
 
 
 def model_name(result: dict[str, Any]) -> str | None:
-    return (result.get("model") or {}).get("name")
+    return _model_section(result).get("name")
+
+
+def model_config(result: dict[str, Any]) -> dict[str, Any]:
+    config = _model_section(result).get("config")
+    return config if isinstance(config, dict) else {}
 
 
 def result_tags(result: dict[str, Any]) -> tuple[str, ...]:
     """The paper tags the result records (from its training recipe), first place that has any."""
+    result = {**result, "model": _model_section(result)}
     for place in _TAG_PLACES:
         tags = _dig(result, (*place, "paper"))
         if isinstance(tags, (list, tuple)) and tags:
@@ -60,7 +74,8 @@ def result_tags(result: dict[str, Any]) -> tuple[str, ...]:
 
 def result_head(result: dict[str, Any]) -> str | None:
     """The training head the result records (``arcface``, ``softmax`` ...), or None."""
-    for place in _TAG_PLACES[:3] + (("model",),):
+    result = {**result, "model": _model_section(result)}
+    for place in _TAG_PLACES:
         head = _dig(result, (*place, "head"))
         if isinstance(head, str) and head:
             return head

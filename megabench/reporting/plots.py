@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from megabench.fileio import atomic_path
-from megabench.reporting.matching import result_label, rows_filled
+from megabench.reporting.matching import model_config, result_label, rows_filled
 from megabench.reporting.reference import paper_reference
 
 WIDTH_IN = 7.16
@@ -125,7 +125,7 @@ def _profile_value(result: dict[str, Any], path: str) -> float | None:
 
 
 def _is_baseline(result: dict[str, Any]) -> bool:
-    config = (result.get("model") or {}).get("config") or {}
+    config = model_config(result)
     return "attn_layers" in config and not config["attn_layers"]
 
 
@@ -189,7 +189,7 @@ def verification_bars(results: list[dict[str, Any]], out: str | os.PathLike) -> 
     datasets = list(dict.fromkeys(r["protocol"]["name"] for r in results))
     models = list(dict.fromkeys(result_label(r) for r in results))
     cells = {(result_label(r), r["protocol"]["name"]): r["metrics"] for r in sorted(
-        results, key=lambda r: str(r.get("created", "")))}
+        results, key=lambda r: str(r.get("created", ""))) if r["metrics"].get("accuracy") is not None}
     colors = _colors(models)
     fig, ax = plt.subplots(figsize=(max(WIDTH_IN / 2, 1.2 * len(datasets) + 1.5), 2.6), layout="constrained")
     width = 0.8 / max(len(models), 1)
@@ -200,7 +200,7 @@ def verification_bars(results: list[dict[str, Any]], out: str | os.PathLike) -> 
             if (m, d) in cells:
                 xs.append(j - 0.4 + width * (i + 0.5))
                 ys.append(100 * cells[(m, d)]["accuracy"])
-                es.append(100 * cells[(m, d)].get("accuracy_std", 0.0))
+                es.append(100 * (cells[(m, d)].get("accuracy_std") or 0.0))
         lows += [y - e for y, e in zip(ys, es, strict=True)]
         ax.bar(xs, ys, width=width, yerr=es, capsize=2, color=colors[m], label=m)
     ax.set_xticks(range(len(datasets)), datasets)

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from megabench.cli import cli
 from megabench.engine.checkpoint import model_from_checkpoint, read_checkpoint
 from megabench.engine.import_weights import convert_insightface, infer_insightface_model, read_state_dict
+from megabench.engine.model_source import resolve_model
 from megabench.errors import MegabenchError, UnsafePickleError
 from megabench.models import create_model
 
@@ -183,6 +184,9 @@ def test_cli_writes_a_checkpoint_with_insightface_preprocessing(tmp_path, r50_st
     assert payload["preprocessing"]["flip"] == "sum"
     assert payload["extra"]["imported_from"]["format"] == "insightface"
     model, _ = model_from_checkpoint(out)
+    assert model.preprocessing.std == 127.5 and model.preprocessing.flip == "sum"  # restored, not the zoo default
+    source = resolve_model(None, out)
+    assert source.preprocessing["std"] == 127.5 and source.checkpoint_sha256 == payload["weights_sha256"]
     x = torch.randn(1, 3, 112, 112, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         want = arcface_torch_forward(state, x, R50)

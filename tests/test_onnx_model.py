@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
+from PIL import Image
 from torch import nn
 
+from megabench.cli import cli
+from megabench.data.feature_store import open_features
+from megabench.data.image_source import ImageFiles
+from megabench.engine.checkpoint import save_checkpoint
 from megabench.engine.extract import embed_batch, extract_features
-from megabench.errors import DataError
+from megabench.engine.model_source import resolve_model
+from megabench.errors import DataError, MegabenchError
 from megabench.export import export_onnx
+from megabench.fileio import sha256_file
 from megabench.models import create_model
-from megabench.models.onnx_model import OnnxEmbedder
+from megabench.models.onnx_model import OnnxEmbedder, parse_onnx_options
 
 
 def _images(n, h=112, w=112, seed=0):
@@ -83,14 +92,56 @@ def test_other_input_size_is_a_clear_error(tmp_path):
     export_onnx(small, path)
     onnx = OnnxEmbedder(path)
     assert onnx.preprocessing.input_size == (64, 64)
-    images = _images(2)  # 112 x 112
-    with pytest.raises(DataError, match=r"image 0 .* is 112x112, but model iresnet_tiny takes aligned 64x64"):
-        extract_features(onnx, lambda i: images[i], 2, tmp_path / "f.h5", progress=False)
+    files = []
+    for i, im in enumerate(_images(2)):  # 112 x 112
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(im).save(files[-1])
+    images = ImageFiles(files, onnx.preprocessing.input_size, model=onnx.name)
+    with pytest.raises(DataError, match=r"0.png: image is 112x112, but model iresnet_tiny takes aligned 64x64"):
+        extract_features(onnx, images, tmp_path / "f.h5", progress=False, echo=lambda _m: None)
     assert not (tmp_path / "f.h5").exists()
     with pytest.raises(DataError, match="small.onnx: the model takes 64x64"):
         onnx(torch.zeros(1, 3, 112, 112))
     with pytest.raises(DataError, match="graph takes 64x64 images, not the 112x112"):
         OnnxEmbedder(path, input_size=(112, 112))
+
+
+def test_resolve_model_and_verify_model_onnx(tiny, tmp_path, small_lfw_bin):
+    """`--model path.onnx` through the one model-resolution function: the `megabench export` file gives the
+    torch checkpoint's features (to float tolerance) and the same accuracy on a real insightface pack."""
+    model, path = tiny
+    save_checkpoint(tmp_path / "m.pt", model)
+    source = resolve_model(str(path), onnx_options={"flip": "concat"})
+    assert isinstance(source.model, OnnxEmbedder) and source.name == "iresnet_tiny"
+    assert source.checkpoint == path and source.checkpoint_sha256 == sha256_file(path)
+    run = CliRunner().invoke
+    outs = {}
+    for key, args in (("onnx", ["--model", str(path)]), ("torch", ["--checkpoint", str(tmp_path / "m.pt")])):
+        res = run(cli, ["verify", *args, "--pairs", str(small_lfw_bin), "--allow-partial", "--cache",
+                        str(tmp_path / "cache"), "--out", str(tmp_path / f"{key}.json"), "--quiet"])
+        assert res.exit_code == 0, res.output
+        outs[key] = json.loads((tmp_path / f"{key}.json").read_text())
+    assert outs["onnx"]["metrics"]["accuracy"] == outs["torch"]["metrics"]["accuracy"]
+    assert outs["onnx"]["model"]["checkpoint_sha256"] == sha256_file(path)
+    stores = sorted((tmp_path / "cache").rglob("small_lfw.h5"))
+    assert len(stores) == 2  # keyed by the weights' sha256: the ONNX file and the checkpoint differ
+    a, b = stores
+    with open_features(a) as fa, open_features(b) as fb:
+        np.testing.assert_allclose(fa.read(), fb.read(), rtol=1e-4, atol=1e-4 * np.abs(fb.read()).max())
+    bad = run(cli, ["verify", "--model", str(path), "--checkpoint", str(tmp_path / "m.pt"), "--pairs",
+                    str(small_lfw_bin), "--allow-partial"])
+    assert bad.exit_code == 1 and "drop --checkpoint" in bad.output
+    bad = run(cli, ["verify", "--model", str(path), "--onnx-input", "layout=NHWC,mean=x", "--pairs",
+                    str(small_lfw_bin), "--allow-partial"])
+    assert bad.exit_code == 1 and "mean must be a number" in bad.output
+
+
+def test_parse_onnx_options():
+    assert parse_onnx_options("layout=nhwc, channels=bgr,mean=0,std=1,flip=sum") == {
+        "layout": "NHWC", "channel_order": "BGR", "mean": 0.0, "std": 1.0, "flip": "sum"}
+    assert parse_onnx_options(None) == {} and parse_onnx_options("") == {}
+    with pytest.raises(MegabenchError, match="KEY=VALUE"):
+        parse_onnx_options("size=3")
 
 
 def test_missing_and_broken_files(tmp_path):

@@ -37,6 +37,23 @@ def _ort():
     return onnxruntime
 
 
+def parse_onnx_options(text: str | None) -> dict[str, Any]:
+    """``"layout=NHWC,channels=BGR,mean=127.5,std=128,flip=sum"`` (any subset) -> OnnxEmbedder options."""
+    keys = {"layout": ("layout", str), "channels": ("channel_order", str), "mean": ("mean", float),
+            "std": ("std", float), "flip": ("flip", str)}
+    out: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in keys:
+            raise MegabenchError(f"--onnx-input {text!r}: expected KEY=VALUE items with KEY in {sorted(keys)}")
+        name, cast = keys[key.strip()]
+        try:
+            out[name] = cast(value.strip().upper() if name in ("layout", "channel_order") else value.strip())
+        except ValueError:
+            raise MegabenchError(f"--onnx-input {text!r}: {key.strip()} must be a number, not {value!r}") from None
+    return out
+
+
 def _static(dim: Any) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 

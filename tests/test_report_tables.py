@@ -150,3 +150,18 @@ def test_report_tolerates_old_and_partial_results(tmp_path):
     (tmp_path / "afile").write_text("x")
     res = CliRunner().invoke(cli, ["report", str(tmp_path / "res"), "--out", str(tmp_path / "afile")])
     assert res.exit_code != 0 and "is a file" in res.output and (tmp_path / "afile").read_text() == "x"
+
+
+def test_training_run_results_name_their_recipe():
+    """`megabench train` writes model.recipe = the recipe's name: its tags and head come from the shipped recipe."""
+    soft = verification("iresnet50", "lfw", 0.9870, recipe="casia_iresnet50_softmax", run="runs/x", step=10)
+    arc = verification("iresnet50", "agedb_30", 0.9400, recipe="casia_iresnet50_arcface")
+    sra = verification("sranet_r50", "cfp_fp", 0.9600, recipe="casia_sranet_r50_arcface")
+    t3 = paper_table(3, [soft, arc, sra])
+    assert _lines(t3, "SoftMax Loss: Baseline", "ours").iloc[0]["LFW (%)"] == pytest.approx(98.70)
+    assert pd.isna(_lines(t3, "ArcFace Loss: Baseline", "ours").iloc[0]["LFW (%)"])
+    assert _lines(t3, "ArcFace Loss: Baseline", "ours").iloc[0]["AgeDB-30 (%)"] == pytest.approx(94.0)
+    assert _lines(t3, "ArcFace Loss: SRANet", "ours").iloc[0]["CFP-FP (%)"] == pytest.approx(96.0)
+    assert len(_lines(t3, "SoftMax Loss: SRANet", "ours")) == 0
+    unknown = verification("iresnet50", "lfw", 0.99, recipe="my_own_recipe")  # not shipped: name + default head
+    assert _lines(paper_table(1, [unknown]), "ResNet50 (Baseline)", "ours").iloc[0]["LFW (%)"] == pytest.approx(99.0)

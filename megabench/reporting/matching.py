@@ -5,8 +5,9 @@ A result fills a row of a table when, in this order:
 1. ``mapping`` (from ``megabench report --map MODEL=TAG``) maps the result's model label to a tag of
    the row (the row's ``tag`` or one of its ``aliases``); a mapped result fills only mapped rows;
 2. the result carries paper tags (a training recipe's ``paper = [...]``), looked up in
-   ``recipe.paper``, ``model.recipe.paper``, ``training.paper`` or ``model.paper``: it fills the rows
-   whose tags it names;
+   ``recipe.paper``, ``model.recipe.paper``, ``training.paper`` or ``model.paper``, or names a shipped
+   recipe (``recipe`` or ``model.recipe`` a string, as ``megabench train`` writes: the tags and head
+   are read from ``baselines/<name>.toml``): it fills the rows whose tags it names;
 3. otherwise its ``model.name`` equals the row's ``model`` and its head (``recipe.head``,
    ``model.head``, ``training.head``; the reference's ``default_head`` when the result records none)
    equals the row's ``head``.
@@ -14,6 +15,7 @@ A result fills a row of a table when, in this order:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -62,24 +64,47 @@ def model_config(result: dict[str, Any]) -> dict[str, Any]:
     return config if isinstance(config, dict) else {}
 
 
-def result_tags(result: dict[str, Any]) -> tuple[str, ...]:
-    """The paper tags the result records (from its training recipe), first place that has any."""
+@functools.cache
+def shipped_recipe(name: str) -> dict[str, Any]:
+    """The shipped recipe ``baselines/<name>.toml`` (its bases merged) as a dict, ``{}`` if none."""
+    from megabench.config import find_spec_file, load_toml
+    from megabench.errors import MegabenchError
+
+    if not name or "/" in name or "\\" in name:
+        return {}
+    path = find_spec_file(name, "baselines")
+    try:
+        return load_toml(path) if path is not None else {}
+    except MegabenchError:
+        return {}
+
+
+def _recipe_field(result: dict[str, Any], key: str) -> Any:
+    """``key`` of the training recipe the result names: a dict recorded in one of the places (``recipe``,
+    ``model.recipe``, ``training``, ``model``), or a recipe *name* there (``"model": {"recipe":
+    "casia_iresnet50_softmax"}``, as training runs write), read from the shipped recipe of that name."""
     result = {**result, "model": _model_section(result)}
     for place in _TAG_PLACES:
-        tags = _dig(result, (*place, "paper"))
-        if isinstance(tags, (list, tuple)) and tags:
-            return tuple(str(t) for t in tags)
-    return ()
+        value = _dig(result, (*place, key))
+        if value:
+            return value
+    for place in _TAG_PLACES[:2]:
+        name = _dig(result, place)
+        if isinstance(name, str) and shipped_recipe(name).get(key):
+            return shipped_recipe(name)[key]
+    return None
+
+
+def result_tags(result: dict[str, Any]) -> tuple[str, ...]:
+    """The paper tags the result records (from its training recipe), first place that has any."""
+    tags = _recipe_field(result, "paper")
+    return tuple(str(t) for t in tags) if isinstance(tags, (list, tuple)) else ()
 
 
 def result_head(result: dict[str, Any]) -> str | None:
     """The training head the result records (``arcface``, ``softmax`` ...), or None."""
-    result = {**result, "model": _model_section(result)}
-    for place in _TAG_PLACES:
-        head = _dig(result, (*place, "head"))
-        if isinstance(head, str) and head:
-            return head
-    return None
+    head = _recipe_field(result, "head")
+    return head if isinstance(head, str) else None
 
 
 def _mapped_tags(result: dict[str, Any], mapping: Mapping[str, str] | None) -> tuple[str, ...]:

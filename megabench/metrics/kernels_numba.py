@@ -289,7 +289,7 @@ class FusedKernel:
         per_cls = np.bincount(row_class[row_noisy], minlength=acc.n_classes)
         b = int(np.flatnonzero(acc.zero_hist)[0])
         for p in zero_plans:
-            acc.state[p.name]["hist"][:, b] += per_cls * p.cols.size
+            acc._state[p.name]["hist"][:, b] += per_cls * p.cols.size
 
     def _fill_tops(self, acc, x: np.ndarray, row_class: np.ndarray, row_noisy: np.ndarray):
         """Per-row top-K floor for the pass. While a class is young (its floor is -inf, or so low that the
@@ -352,7 +352,7 @@ class FusedKernel:
         for i, p in enumerate(acc.plans):
             sel = self.q_plan == i
             if sel.any():
-                st = acc.state[p.name]
+                st = acc._state[p.name]
                 st["low_ge"][:, self.q_trial[sel]] += ge[:, sel]
                 st["low_eq"][:, self.q_trial[sel]] += ge[:, sel] - gt[:, sel]
 
@@ -362,7 +362,7 @@ class FusedKernel:
             return
         t0 = time.perf_counter()
         for i, p in enumerate(acc.plans):
-            merge_hist(self.hist, acc.state[p.name]["hist"], 1 << i, self.n_sig1)
+            merge_hist(self.hist, acc._state[p.name]["hist"], 1 << i, self.n_sig1)
         self.hist[:] = 0
         self.pending = 0
         self.timings["flush"] = self.timings.get("flush", 0.0) + time.perf_counter() - t0

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "export": "megabench.commands.models:export",
     "report": "megabench.commands.report:report",
     "demo": "megabench.commands.demo:demo",
+    "data": "megabench.commands.data:data",
 }
 
 

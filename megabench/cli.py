@@ -28,6 +28,8 @@ COMMANDS: dict[str, str] = {
     "export": "megabench.commands.models:export",
     "report": "megabench.commands.report:report",
     "demo": "megabench.commands.demo:demo",
+    "train": "megabench.commands.train:train",
+    "train-baselines": "megabench.commands.train:train_baselines",
     "data": "megabench.commands.data:data",
 }
 

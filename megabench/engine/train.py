@@ -62,6 +62,8 @@ class TrainOutcome:
     status: str  # "finished" | "stopped" | "already finished"
     step: int
     metrics: dict[str, Any]
+    #: the trained tensors (``model.*`` and ``head.*``) on this rank, when this call trained
+    weights: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
 
 class TrainNet(nn.Module):
@@ -403,7 +405,7 @@ def _loop(run: _Run, resume: bool) -> TrainOutcome:
     autocast = (torch.autocast(run.device.type, dtype=torch.bfloat16) if run.amp else nullcontext())
     lr = recipe.schedule.lr_at(recipe.optimizer.lr, step)
     try:
-        for images, labels, skipped in _loader(run, step, stop):
+        for images, labels, skipped in _batches(_loader(run, step, stop)):
             run.skipped += skipped
             if labels.numel() == 0:
                 raise DataError(f"{getattr(run.data, 'source', 'data')}: every image of step {step + 1} failed to "
@@ -422,9 +424,34 @@ def _loop(run: _Run, resume: bool) -> TrainOutcome:
             meter.add(*stats)
             bar.update(1)
             _after_step(run, opt, step, stop, lr, meter, bar)
+    except MegabenchError as exc:
+        if not isinstance(exc, ts.TrainingDiverged):
+            run.update_run(step, "failed", error=str(exc))
+        raise
     finally:
         bar.close()
     return _finish(run, step, stop)
+
+
+def _batches(loader: torch.utils.data.DataLoader):
+    """The loader's batches; a data error raised in a worker process comes out as the original one-line
+    error (DataLoader wraps it with the worker's traceback text)."""
+    import re
+
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except MegabenchError as exc:
+            text = str(exc)
+            if "Original Traceback" not in text:
+                raise
+            last = text.strip().splitlines()[-1]
+            m = re.match(r"^[\w.]+: (.*)$", last)
+            raise type(exc)(m.group(1) if m else last) from None
+        yield batch
 
 
 def _after_step(run: _Run, opt: torch.optim.Optimizer, step: int, stop: int, lr: float, meter: _Meter, bar) -> None:
@@ -458,7 +485,7 @@ def _diverged(run: _Run, step: int, loss: float) -> None:
 def _finish(run: _Run, step: int, stop: int) -> TrainOutcome:
     if step < run.recipe.schedule.max_steps:
         run.say(f"stopped at step {step} of {run.recipe.schedule.max_steps}; continue with --resume")
-        return TrainOutcome(run.out, "stopped", step, {})
+        return TrainOutcome(run.out, "stopped", step, {}, _weights(run.net))
     run.run_validation(step, final=True)
     if run.info.is_main:
         digest = save_final(run.out, run.net, run.recipe, run.ident, step)
@@ -467,4 +494,8 @@ def _finish(run: _Run, step: int, stop: int) -> TrainOutcome:
                        results=sorted(p.name for p in run.out.glob("verification_*.json")))
         run.say(f"finished: {run.out / 'final.pt'}")
     barrier(run.info)
-    return TrainOutcome(run.out, "finished", step, run.metrics)
+    return TrainOutcome(run.out, "finished", step, run.metrics, _weights(run.net))
+
+
+def _weights(net: TrainNet) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}

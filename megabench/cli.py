@@ -2,7 +2,11 @@
 
 Subcommands live in ``megabench/commands/<name>.py`` and are imported only when run, so that
 ``megabench --help`` stays fast and never imports torch. Add a command by adding a line to
-:data:`COMMANDS` (name -> "module:attribute").
+:data:`COMMANDS` (name -> "module:attribute"); an evaluation's command may instead be declared by its
+registration (:mod:`megabench.evaluation.registry`), which the group reads as well.
+
+Errors: a :class:`~megabench.errors.MegabenchError` (including
+:class:`~megabench.errors.UnknownNameError`, a registry miss) prints ``error: <message>`` and exits 1.
 """
 
 from __future__ import annotations
@@ -41,6 +45,13 @@ class LazyGroup(click.Group):
         super().__init__(*args, **kwargs)
         self.lazy = dict(lazy or {})
 
+    @classmethod
+    def with_evaluations(cls, *args, lazy: dict[str, str], **kwargs) -> LazyGroup:
+        """A group of ``lazy`` plus the commands registered evaluations declare (``lazy`` wins on a clash)."""
+        from megabench.evaluation.registry import evaluation_commands
+
+        return cls(*args, lazy={**evaluation_commands(), **lazy}, **kwargs)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.lazy})
 
@@ -53,18 +64,12 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except MegabenchError as exc:
+        except MegabenchError as exc:  # UnknownNameError (a registry miss) included
             click.secho(f"error: {exc}", fg="red", err=True)
             ctx.exit(1)
-        except KeyError as exc:
-            # registry misses carry their own message ("unknown model 'x'; did you mean ...")
-            if exc.args and isinstance(exc.args[0], str) and exc.args[0].startswith("unknown "):
-                click.secho(f"error: {exc.args[0]}", fg="red", err=True)
-                ctx.exit(1)
-            raise
 
 
-@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup.with_evaluations, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="megabench")
 def cli() -> None:
     """megabench: exact face-recognition benchmarks and the SRANet model zoo."""

@@ -1,4 +1,14 @@
-"""Atomic writes and content hashes: nothing half-written is ever left under a final name."""
+"""Atomic writes, output guards, safe relative paths and content hashes.
+
+- :func:`atomic_path` / :func:`atomic_write_bytes` / :func:`atomic_write_json`: nothing half-written is
+  ever left under a final name; the file gets the user's normal mode (``0o666 & ~umask``).
+- :func:`check_output` / :func:`check_output_dir`: called by every command BEFORE its work: an output
+  must not be an input of the same run (same resolved path or same inode), must be writable, and must
+  not replace a file the command did not write unless ``force``.
+- :class:`RunFiles`: remember files this run created; delete only those (same inode).
+- :func:`resolve_inside`: a path named by a data file (store ``paths``, pair lists, devkit lists) must
+  resolve inside its root, or it is refused.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +17,47 @@ import hashlib
 import json
 import math
 import os
+import stat
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from megabench.errors import DataError, OutputError
+
+PathLike = str | os.PathLike
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc on Linux, else set-and-restore under a lock)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file: ``0o666 & ~umask``."""
+    return 0o666 & ~current_umask()
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str = "", *, mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    On any exception the temporary file is removed and ``path`` is untouched.
+    On any exception the temporary file is removed and ``path`` is untouched. The published file
+    gets ``mode`` (default :func:`default_file_mode`, not mkstemp's 0600).
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -28,6 +66,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, default_file_mode() if mode is None else mode)
         os.replace(tmp_path, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -79,3 +118,178 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# output guards
+# --------------------------------------------------------------------------------------------
+def file_identity(path: PathLike) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of ``path`` (symlinks followed), or None when it does not exist."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def same_file(a: PathLike, b: PathLike) -> bool:
+    """True when ``a`` and ``b`` name the same file: same resolved path, or same inode (hard link)."""
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    ia = file_identity(a)
+    return ia is not None and ia == file_identity(b)
+
+
+def _read_only(st: os.stat_result) -> bool:
+    return not st.st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _check_writable_dir(folder: Path, *, shown: PathLike, option: str) -> None:
+    """``folder`` (or its nearest existing ancestor, where it would be created) accepts new files."""
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise OutputError(f"{shown}: cannot write {option} there: {probe} is a file, not a folder; "
+                          "choose another path")
+    try:
+        st = probe.stat()
+    except OSError as exc:
+        raise OutputError(f"{shown}: cannot write {option} there ({exc.strerror}); choose another path") from None
+    if _read_only(st) or not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"{shown}: cannot write {option}: folder {probe} is read-only; "
+                          "make it writable or choose another path")
+    if probe == folder:  # the real test: create (and remove) an empty file there
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".megabench-probe.", dir=folder)
+        except OSError as exc:
+            raise OutputError(f"{shown}: cannot write {option} in {folder} ({exc.strerror}); "
+                              "make it writable or choose another path") from None
+        os.close(fd)
+        os.unlink(tmp)
+
+
+def check_output(
+    path: PathLike,
+    *,
+    inputs: Iterable[PathLike | None] = (),
+    force: bool = False,
+    replaceable: Callable[[Path], bool] | None = None,
+    option: str = "--out",
+) -> Path:
+    """Check, BEFORE any work, that this run may write the file ``path``; returns ``Path(path)``.
+
+    Raises :class:`~megabench.errors.OutputError` (a one-line message naming the file) when
+
+    - ``path`` is one of ``inputs`` (same resolved path or same inode; ``None`` entries ignored):
+      never allowed, ``force`` or not;
+    - ``path`` is a directory or another non-regular file, or is read-only (no write bit);
+    - its folder cannot be created or written;
+    - ``path`` exists, ``force`` is false and ``replaceable`` is None or ``replaceable(path)`` is
+      false. ``replaceable`` recognises a file this kind of command writes (e.g.
+      ``megabench.results.is_result_file``), which a re-run may replace.
+
+    Nothing is created or changed (a probe file is made and removed in the folder).
+    """
+    out = Path(path)
+    for inp in inputs:
+        if inp is not None and same_file(out, inp):
+            raise OutputError(f"{out}: {option} is also an input of this run ({inp}); writing it would destroy "
+                              f"the input: choose another {option}")
+    if out.exists() or out.is_symlink():
+        try:
+            st = out.stat()
+        except OSError:
+            raise OutputError(f"{out}: {option} is a dangling link; remove it or choose another path") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise OutputError(f"{out}: {option} is a folder; give a file path")
+        if not stat.S_ISREG(st.st_mode):
+            raise OutputError(f"{out}: {option} is not a regular file; choose another path")
+        if _read_only(st):
+            raise OutputError(f"{out}: {option} exists and is read-only; it will not be replaced: "
+                              "choose another path (or make it writable)")
+        if not force and (replaceable is None or not replaceable(out)):
+            raise OutputError(f"{out}: {option} exists and was not written by this kind of megabench command; "
+                              "pass --force to replace it, or choose another path")
+    _check_writable_dir(out.parent if str(out.parent) else Path("."), shown=out, option=option)
+    return out
+
+
+def check_output_dir(
+    folder: PathLike,
+    names: Iterable[str],
+    *,
+    inputs: Iterable[PathLike | None] = (),
+    force: bool = False,
+    replaceable: Callable[[Path], bool] | None = None,
+    option: str = "--out",
+) -> Path:
+    """:func:`check_output` for each file ``folder / name`` a command will write; returns ``Path(folder)``.
+
+    ``folder`` must be a folder (or not exist yet, then it is created by the command).
+    """
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: {option} must be a folder, but it is a file; choose another path")
+    inputs = list(inputs)
+    for name in names:
+        check_output(out / name, inputs=inputs, force=force, replaceable=replaceable, option=option)
+    _check_writable_dir(out, shown=out, option=option)
+    return out
+
+
+class RunFiles:
+    """The files this run created, by identity; only those may be deleted by it.
+
+    >>> state_path = Path("run.state")
+    >>> _ = state_path.write_bytes(b"...")
+    >>> created = RunFiles()
+    >>> created.add(state_path)          # right after writing it
+    >>> created.remove(state_path)       # deletes only if it is still the file we wrote
+    True
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[Path, tuple[int, int]] = {}
+
+    def add(self, path: PathLike) -> None:
+        ident = file_identity(path)
+        if ident is None:
+            raise FileNotFoundError(path)
+        self._ids[Path(path).resolve()] = ident
+
+    def owns(self, path: PathLike) -> bool:
+        ident = self._ids.get(Path(path).resolve())
+        return ident is not None and ident == file_identity(path)
+
+    def remove(self, path: PathLike) -> bool:
+        """Delete ``path`` if this run created it and it was not replaced since; True when deleted."""
+        if not self.owns(path):
+            return False
+        Path(path).unlink()
+        del self._ids[Path(path).resolve()]
+        return True
+
+
+def resolve_inside(root: PathLike, relpath: PathLike, *, source: str) -> Path:
+    """``root / relpath`` with symlinks resolved; refused unless it lies inside ``root`` (resolved).
+
+    ``relpath`` comes from a data file (store ``paths``, pair list, devkit list, image tree);
+    ``source`` names that file (and entry) for the message. An absolute ``relpath`` is accepted only
+    when it resolves inside ``root``; ``..`` may be used only while staying inside. Raises
+    :class:`~megabench.errors.DataError` for an empty path, a NUL byte, or a path leaving ``root``.
+    """
+    text = os.fspath(relpath)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "surrogateescape")
+    if not text or "\x00" in text:
+        raise DataError(f"{source}: empty or NUL-containing path {text!r}; every entry must name a file "
+                        f"inside {root}")
+    base = Path(root).resolve()
+    full = (base / text).resolve()
+    if full != base and base not in full.parents:
+        raise DataError(f"{source}: path {text!r} resolves outside its root {base} (to {full}); refused: "
+                        "entries must be relative paths inside the root")
+    return full

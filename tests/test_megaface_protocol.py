@@ -13,11 +13,19 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from helpers import UPSTREAM_SHA256
 
 from megabench.data.feature_store import StoreMeta, write_features
 from megabench.data.megaface_io import write_distractor_list, write_probe_list
 from megabench.errors import DataError, MegabenchError
-from megabench.evaluation.megaface import MegafaceSpec, NoiseMatchWarning, format_table, run_megaface, write_devkit_json
+from megabench.evaluation.megaface import (
+    MegafaceOptions,
+    MegafaceSpec,
+    NoiseMatchWarning,
+    format_table,
+    run_megaface,
+    write_devkit_json,
+)
 
 DIM = 64
 FARS = (1e-3, 1e-2, 1e-1, 0.3)
@@ -94,25 +102,54 @@ def seed_rows(n, sizes, seed):
     return {s: perm[:s] for s in sizes}
 
 
+def _brute_variants(w, refine):
+    """{variant: (noise mode, probe vectors, probes kept)} by definition (float64)."""
+    P, labels, noisy_p = w["P"].astype(np.float64), w["labels"], w["noisy_p"]
+    variants = {"raw": ("none", P, np.ones(len(P), bool))}
+    if refine == "none":
+        return variants
+    Pv, keep = P.copy(), np.ones(len(P), bool)
+    if refine == "drop":
+        keep = ~noisy_p
+    for i in np.flatnonzero(noisy_p) if refine in ("insightface", "facex") else []:
+        mvec = P[(labels == labels[i]) & ~noisy_p].mean(0)
+        Pv[i] = mvec / np.linalg.norm(mvec)
+    variants["refined"] = (refine, Pv, keep)
+    return variants
+
+
+def _brute_trials(Sd, G, labels, keep, ties):
+    """Ranks (ordered pairs), tie count, genuine pair scores (unordered) and the probe slots used."""
+    ranks, n_tie, gen_pairs, slots = [], 0, [], []
+    for c in np.unique(labels):
+        mem = np.flatnonzero((labels == c) & keep)
+        if mem.size < 2:
+            continue
+        slots.extend(mem.tolist())
+        for j, i in ((j, i) for j in mem for i in mem if i != j):
+            g, col = G[j, i], Sd[:, j]
+            ranks.append(int((col >= g).sum()) if ties == "conservative" else int((col > g).sum()))
+            n_tie += bool((col == g).any())
+        gen_pairs += [G[mem[a], mem[b]] for a in range(mem.size) for b in range(a + 1, mem.size)]
+    return ranks, n_tie, np.array(gen_pairs), slots
+
+
+def _brute_tars(imp, gen):
+    tars = {}
+    for f in FARS:
+        k = max(1, math.ceil(Fraction(repr(f)) * imp.size))
+        tau = imp[k - 1]
+        tars[f"{f:.0e}"] = {"tar": float((gen > tau).mean()), "threshold": float(tau),
+                            "far": float((imp > tau).sum() / imp.size), "n_impostors": int(imp.size),
+                            "n_genuine": int(gen.size)}
+    return tars
+
+
 def brute(w, size_rows, refine, ties):
     """The protocol by definition from the full score matrix (float64, exact here)."""
-    P, labels = w["P"].astype(np.float64), w["labels"]
-    X = w["X"].astype(np.float64)
-    noisy_p, noisy_d = w["noisy_p"], w["noisy_d"]
-    variants = {"raw": ("none", P, np.ones(len(P), bool))}
-    if refine != "none":
-        Pv = P.copy()
-        keep = np.ones(len(P), bool)
-        if refine in ("insightface", "facex"):
-            for i in np.flatnonzero(noisy_p):
-                clean = (labels == labels[i]) & ~noisy_p
-                mvec = P[clean].mean(0)
-                Pv[i] = mvec / np.linalg.norm(mvec)
-        else:
-            keep = ~noisy_p
-        variants["refined"] = (refine, Pv, keep)
+    X, labels, noisy_d = w["X"].astype(np.float64), w["labels"], w["noisy_d"]
     out = {}
-    for name, (mode, Pv, keep) in variants.items():
+    for name, (mode, Pv, keep) in _brute_variants(w, refine).items():
         out[name] = {}
         for s, rows in size_rows.items():
             rows = np.asarray(rows)
@@ -120,40 +157,11 @@ def brute(w, size_rows, refine, ties):
             if mode == "drop":
                 rows, nd = rows[~nd], nd[~nd]
             Sd = X[rows] @ Pv.T
-            if mode == "insightface":
-                Sd[nd] = -np.inf
-            elif mode == "facex":
-                Sd[nd] = 0.0
-            G = Pv @ Pv.T
-            ranks, n_tie, gen_pairs, slots = [], 0, [], []
-            for c in np.unique(labels):
-                mem = np.flatnonzero((labels == c) & keep)
-                if mem.size < 2:
-                    continue
-                slots.extend(mem.tolist())
-                for j in mem:
-                    for i in mem:
-                        if i == j:
-                            continue
-                        g = G[j, i]
-                        col = Sd[:, j]
-                        r = int((col >= g).sum()) if ties == "conservative" else int((col > g).sum())
-                        ranks.append(r)
-                        n_tie += bool((col == g).any())
-                for a in range(mem.size):
-                    for b in range(a + 1, mem.size):
-                        gen_pairs.append(G[mem[a], mem[b]])
+            Sd[nd] = {"insightface": -np.inf, "facex": 0.0}.get(mode, Sd[nd])
+            ranks, n_tie, gen, slots = _brute_trials(Sd, Pv @ Pv.T, labels, keep, ties)
             imp = np.sort(Sd[:, sorted(slots)].ravel())[::-1]
-            gen = np.array(gen_pairs)
-            tars = {}
-            for f in FARS:
-                k = max(1, math.ceil(Fraction(repr(f)) * imp.size))
-                tau = imp[k - 1]
-                tars[f"{f:.0e}"] = {"tar": float((gen > tau).mean()), "threshold": float(tau),
-                                    "far": float((imp > tau).sum() / imp.size), "n_impostors": int(imp.size),
-                                    "n_genuine": int(gen.size)}
             out[name][str(s)] = {"ranks": np.sort(ranks), "ties": n_tie, "n_distractors": int(len(rows)),
-                                 "tar": tars, "imp": imp}
+                                 "tar": _brute_tars(imp, gen), "imp": imp}
     return out
 
 
@@ -162,11 +170,17 @@ def spec(**kw):
     return dataclasses.replace(base, **kw)
 
 
+def mf(sp, probes, distractors, *, echo=lambda *a: None, dist_info=None, **kw):
+    """run_megaface(spec, MegafaceOptions(...)): the entry-point shape every protocol shares."""
+    return run_megaface(sp, MegafaceOptions(probes=probes, distractors=distractors, **kw), dist_info=dist_info,
+                        echo=echo)
+
+
 def run(tmp_path, w, *, refine="insightface", ties="conservative", lists=False, sp=None, **kw):
-    return run_megaface(sp or spec(), tmp_path / "probes.h5", tmp_path / "dist.h5", probe_list=tmp_path / "fs.json",
-                        distractor_lists=(tmp_path / "lists") if lists else None, refine=refine, ties=ties,
-                        facescrub_noises=tmp_path / "fs_noise.txt", megaface_noises=tmp_path / "mf_noise.txt",
-                        progress=False, echo=lambda *a: None, **kw)
+    return mf(sp or spec(), tmp_path / "probes.h5", tmp_path / "dist.h5", probe_list=tmp_path / "fs.json",
+              distractor_lists=(tmp_path / "lists") if lists else None, refine=refine, ties=ties,
+              facescrub_noises=tmp_path / "fs_noise.txt", megaface_noises=tmp_path / "mf_noise.txt",
+              progress=False, **kw)
 
 
 def check_against(res, ref, *, exact_only=False, width=None):
@@ -250,14 +264,14 @@ def test_resume_equals_uninterrupted_and_refuses_other_inputs(tmp_path):
     full = run(tmp_path, w)
     state = tmp_path / "run.state.npz"
     with pytest.raises(MegabenchError, match="max_blocks"):
-        run(tmp_path, w, state_path=state, max_blocks=3, checkpoint_seconds=0)
+        run(tmp_path, w, state=state, max_blocks=3, checkpoint_seconds=0)
     assert state.exists()
     with pytest.raises(MegabenchError, match="max_blocks"):
-        run(tmp_path, w, state_path=state, resume=True, max_blocks=2, checkpoint_seconds=0)
-    resumed = run(tmp_path, w, state_path=state, resume=True)
+        run(tmp_path, w, state=state, resume=True, max_blocks=2, checkpoint_seconds=0)
+    resumed = run(tmp_path, w, state=state, resume=True)
     assert resumed["variants"] == full["variants"]
     with pytest.raises(DataError, match="different inputs"):
-        run(tmp_path, w, state_path=state, resume=True, refine="drop")
+        run(tmp_path, w, state=state, resume=True, refine="drop")
 
 
 def test_result_schema_devkit_json_and_table(tmp_path):
@@ -292,17 +306,18 @@ def test_bad_inputs(tmp_path):
     # a listed probe path without a feature
     write_probe_list(tmp_path / "fs_bad.json", [*w["paths"], "Ghost/Ghost_1.png"], ["x"] * (len(w["paths"]) + 1))
     with pytest.raises(DataError, match="1 of .* no feature.*Ghost"):
-        run_megaface(spec(), tmp_path / "probes.h5", tmp_path / "dist.h5", probe_list=tmp_path / "fs_bad.json",
+        mf(spec(), tmp_path / "probes.h5", tmp_path / "dist.h5", probe_list=tmp_path / "fs_bad.json",
                      progress=False, echo=lambda *a: None)
     # a distractor list naming unknown images
-    write_distractor_list(tmp_path / "badlists" / "megaface_features_list.json_10_1", ["nope/a.jpg", "nope/b.jpg"])
-    with pytest.raises(DataError, match="2 of 2 paths of the size-10 list"):
-        run_megaface(spec(), tmp_path / "probes.h5", tmp_path / "dist.h5", probe_list=tmp_path / "fs.json",
+    write_distractor_list(tmp_path / "badlists" / "megaface_features_list.json_10_1",
+                          [*w["dpaths"][:8], "nope/a.jpg", "nope/b.jpg"])
+    with pytest.raises(DataError, match="2 of 10 paths of the size-10 list"):
+        mf(spec(), tmp_path / "probes.h5", tmp_path / "dist.h5", probe_list=tmp_path / "fs.json",
                      distractor_lists=tmp_path / "badlists", progress=False, echo=lambda *a: None)
     # dimension mismatch
     write_features(tmp_path / "dist32.h5", w["X"][:, :32], w["dpaths"])
     with pytest.raises(DataError, match="dimension 32"):
-        run_megaface(spec(), tmp_path / "probes.h5", tmp_path / "dist32.h5", probe_list=tmp_path / "fs.json",
+        mf(spec(), tmp_path / "probes.h5", tmp_path / "dist32.h5", probe_list=tmp_path / "fs.json",
                      progress=False, echo=lambda *a: None)
     # NaN / zero-norm distractor rows, named by store row
     X = w["X"].copy()
@@ -310,7 +325,7 @@ def test_bad_inputs(tmp_path):
     X[200] = 0
     write_features(tmp_path / "distnan.h5", X, w["dpaths"])
     with pytest.raises(DataError, match=r"NaN/inf or have zero norm \(first rows \[123"):
-        run_megaface(spec(), tmp_path / "probes.h5", tmp_path / "distnan.h5", probe_list=tmp_path / "fs.json",
+        mf(spec(), tmp_path / "probes.h5", tmp_path / "distnan.h5", probe_list=tmp_path / "fs.json",
                      progress=False, echo=lambda *a: None, refine="none")
 
 
@@ -322,8 +337,8 @@ def test_singletons_error_or_skip(tmp_path):
     write_features(tmp_path / "dist.h5", w["X"], w["dpaths"])
     kw = dict(progress=False, echo=lambda *a: None, refine="none")
     with pytest.raises(DataError, match="1 probe identities have a single image.*Solo"):
-        run_megaface(spec(), tmp_path / "probes.h5", tmp_path / "dist.h5", **kw)
-    res = run_megaface(spec(), tmp_path / "probes.h5", tmp_path / "dist.h5", allow_singletons=True, **kw)
+        mf(spec(), tmp_path / "probes.h5", tmp_path / "dist.h5", **kw)
+    res = mf(spec(), tmp_path / "probes.h5", tmp_path / "dist.h5", allow_singletons=True, **kw)
     assert res["input"]["skipped_singletons"]["raw"] == 1
     w2 = dict(w)
     ref = brute(w2, seed_rows(len(w["X"]), (10, 50, 300), 0), "none", "conservative")
@@ -337,7 +352,7 @@ def test_noise_lists_matching_nothing_warn(tmp_path):
     (tmp_path / "empty_fs.txt").write_text("# c\nNobody.png\n")
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        res = run_megaface(
+        res = mf(
             spec(), tmp_path / "probes.h5", tmp_path / "dist.h5", probe_list=tmp_path / "fs.json",
             facescrub_noises=tmp_path / "empty_fs.txt", megaface_noises=tmp_path / "mf_noise.txt",
             progress=False, echo=lambda *a: None)
@@ -346,19 +361,19 @@ def test_noise_lists_matching_nothing_warn(tmp_path):
     assert res["noise"]["facescrub_matched"] == 0 and res["noise"]["megaface_matched"] == 5
 
 
-def test_shipped_noise_lists_are_the_default(tmp_path, shared_data):
-    """The spec's default noise lists are the shipped copies (identical to ../shared/data/megaface)."""
+def test_shipped_noise_lists_are_the_default(tmp_path):
+    """The spec's default noise lists are the shipped copies (verbatim insightface lists)."""
     from megabench.config import load_spec
     from megabench.fileio import sha256_file
 
     sp = load_spec("megaface_c1", kind="megaface")
     for which in ("facescrub", "megaface"):
-        assert sha256_file(sp.noise_path(which)) == sha256_file(shared_data / "megaface" / f"{which}_noises.txt")
+        assert sha256_file(sp.noise_path(which)) == UPSTREAM_SHA256[f"{which}_noises.txt"]
     w = make_world(10)
     write_world(w, tmp_path)
     printed = []
     with pytest.warns(NoiseMatchWarning):
-        res = run_megaface(dataclasses.replace(sp, sizes=(10, 300), block_rows=64), tmp_path / "probes.h5",
+        res = mf(dataclasses.replace(sp, sizes=(10, 300), block_rows=64), tmp_path / "probes.h5",
                            tmp_path / "dist.h5", probe_list=tmp_path / "fs.json", progress=False, echo=printed.append)
     assert "InsightFace" in printed[0]
     assert res["noise"]["lists_sha256"]["facescrub"].startswith("36cf3633")
@@ -404,8 +419,8 @@ def test_result_carries_probe_model_and_warns_on_mixed_models(tmp_path):
     kw = dict(probe_list=tmp_path / "fs.json", progress=False, echo=lambda *a: None, refine="none")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same model: no warning at all
-        res = run_megaface(spec(), tmp_path / "probes.h5", tmp_path / "dist_same.h5", **kw)
+        res = mf(spec(), tmp_path / "probes.h5", tmp_path / "dist_same.h5", **kw)
     assert res["model"] == {"name": "sranet_r50", "checkpoint_sha256": "a" * 64, "preprocessing": prep}
     with pytest.warns(UserWarning, match="'sranet_r50'.*'iresnet50'.*meaningless"):
-        other = run_megaface(spec(), tmp_path / "probes.h5", tmp_path / "dist_other.h5", **kw)
+        other = mf(spec(), tmp_path / "probes.h5", tmp_path / "dist_other.h5", **kw)
     assert other["variants"]["raw"] == res["variants"]["raw"]  # same scores, only the provenance differs

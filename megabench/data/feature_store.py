@@ -266,6 +266,15 @@ class FeatureStore:
         self.close()
 
 
+def is_feature_store(path: str | os.PathLike) -> bool:
+    """True when ``path`` is an HDF5 file with a ``features`` dataset and a ``schema_version`` attribute."""
+    try:
+        with h5py.File(path, "r") as h5:
+            return "features" in h5 and "schema_version" in h5.attrs
+    except (OSError, ValueError):
+        return False
+
+
 def open_features(path: str | os.PathLike) -> FeatureStore:
     return FeatureStore(path)
 

@@ -226,11 +226,15 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_find_finished_runs_newest_first(tmp_path):
+def test_finished_runs_are_what_model_resolution_finds(tmp_path):
+    """`verify --model NAME` (engine/model_source.py) resolves to the newest finished run of NAME."""
+    from megabench.engine.model_source import finished_runs
+
     data = PatternFaces()
     train(tiny_recipe(steps=2), data, tmp_path / "runs" / "a", opts())
     train(tiny_recipe(steps=2, model="sranet_tiny"), data, tmp_path / "runs" / "b", opts())
-    train(tiny_recipe(steps=4), data, tmp_path / "runs" / "c", opts(stop_at=2))
-    assert ts.find_finished_runs(tmp_path / "runs", "iresnet_tiny") == [tmp_path / "runs" / "a"]
-    assert set(ts.find_finished_runs(tmp_path / "runs")) == {tmp_path / "runs" / "a", tmp_path / "runs" / "b"}
+    train(tiny_recipe(steps=4), data, tmp_path / "runs" / "c", opts(stop_at=2))  # unfinished
+    train(tiny_recipe(steps=3), data, tmp_path / "runs" / "d", opts())
+    assert finished_runs(tmp_path / "runs", "iresnet_tiny") == [tmp_path / "runs" / "d", tmp_path / "runs" / "a"]
+    assert finished_runs(tmp_path / "runs", "sranet_tiny") == [tmp_path / "runs" / "b"]
 

@@ -215,17 +215,3 @@ def write_run(out: Path, run: dict[str, Any]) -> None:
 
     atomic_write_json(out / "run.json", {**run, "format": RUN_FORMAT, "updated": now_iso()})
 
-
-def find_finished_runs(root: str | Path, model: str | None = None) -> list[Path]:
-    """Run folders under ``root`` (searched recursively) whose ``run.json`` says ``finished`` and whose
-    ``final.pt`` exists, optionally of one model name; newest (by ``finished`` time) first."""
-    found = []
-    for rj in Path(root).rglob("run.json"):
-        try:
-            run = read_run(rj.parent)
-        except RunFolderError:
-            continue
-        if run and run.get("status") == "finished" and (rj.parent / "final.pt").is_file() and (
-                model is None or run.get("model") == model):
-            found.append((str(run.get("finished", "")), rj.parent))
-    return [p for _, p in sorted(found, key=lambda t: t[0], reverse=True)]

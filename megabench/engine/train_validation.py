@@ -27,13 +27,13 @@ class ValPack:
 
 def open_val_packs(paths: list[str] | tuple[str, ...]) -> list[ValPack]:
     """Read each ``.bin`` pack (safely) and pick its protocol by file stem (else ``lfw``), as ``verify`` does."""
-    from megabench.config import REPO_ROOT, load_spec
+    from megabench.config import find_spec_file, load_spec
     from megabench.data.bin_format import read_bin
 
     packs = []
     for p in paths:
         stem = Path(p).stem.lower()
-        proto = stem if (REPO_ROOT / "protocols" / f"{stem}.toml").is_file() else "lfw"
+        proto = stem if find_spec_file(stem, "protocols") is not None else "lfw"
         packs.append(ValPack(name=Path(p).stem, spec=load_spec(proto, kind="verification"), pack=read_bin(p),
                              path=str(p)))
     names = [v.name for v in packs]
@@ -52,6 +52,7 @@ def validate(model: nn.Module, packs: list[ValPack], *, device: str, store_dir: 
     ``store_dir/<name>.h5`` when given (kept), else to a temporary folder (removed).
     """
     from megabench.data.feature_store import StoreMeta
+    from megabench.data.image_source import PackImages
     from megabench.engine.checkpoint import weights_sha256
     from megabench.engine.extract import extract_features
     from megabench.evaluation.verification import evaluate
@@ -64,9 +65,9 @@ def validate(model: nn.Module, packs: list[ValPack], *, device: str, store_dir: 
         for v in packs:
             meta = StoreMeta(model=model.name, checkpoint_sha256=digest,
                              preprocessing=model.preprocessing.to_dict(), source_sha256=v.pack.sha256)
-            store = extract_features(model, v.pack.image, v.pack.n_images, folder / f"{v.name}.h5",
-                                     batch_size=batch_size, device=device, meta=meta, source=v.path,
-                                     progress=False)
+            images = PackImages(v.pack, model.preprocessing.input_size, model=model.name)
+            store = extract_features(model, images, folder / f"{v.name}.h5", batch_size=batch_size, device=device,
+                                     meta=meta, progress=False, echo=lambda *_: None)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # chance-level / partial warnings are expected early on
                 result = evaluate(v.spec, v.pack, store, allow_partial=True)

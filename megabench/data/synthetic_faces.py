@@ -12,7 +12,8 @@ an illumination gradient, brightness, contrast, colour cast, pixel noise, someti
 patch, and the JPEG quality. Identities ``0 .. N-1`` train; the pack uses identities ``N ..``, so
 it never shows a training identity.
 
-Difficulty is set by :data:`JITTER` (1.0 = the defaults documented in docs/training-data.md).
+Difficulty is set by :data:`POSE_JITTER` and :data:`PHOTO_JITTER` (multipliers of the per-image
+jitter; the defaults are the calibrated ones of docs/training-data.md).
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-GENERATOR_VERSION = 1
-JITTER = 1.0
+GENERATOR_VERSION = 2
+#: multipliers of the per-image jitter: pose (shift, rotation, scale, expression) and photometric
+#: (illumination, brightness, contrast, colour cast, noise, occlusion)
+POSE_JITTER = 0.6
+PHOTO_JITTER = 1.0
 
 _SKIN_LIGHT = np.array([238.0, 204.0, 180.0])
 _SKIN_DARK = np.array([96.0, 62.0, 44.0])
@@ -64,6 +68,7 @@ class Identity:
     mouth_c: float
     lips: np.ndarray
     beard: bool
+    glasses: bool
 
 
 @functools.lru_cache(maxsize=8192)
@@ -79,13 +84,13 @@ def identity_params(identity: int, seed: int) -> Identity:
         moles=np.column_stack([r.uniform(-0.55, 0.55, n_moles), r.uniform(-0.5, 0.7, n_moles),
                                r.uniform(0.025, 0.05, n_moles)]),
         hair=hair, hairline=r.uniform(-0.78, -0.42), hair_style=int(r.integers(3)), fringe=r.uniform(-0.35, 0.35),
-        eye_y=r.uniform(-0.28, -0.05), eye_x=r.uniform(0.26, 0.42), eye_rx=r.uniform(0.10, 0.17),
-        eye_ry=r.uniform(0.045, 0.085), iris=_IRIS[r.integers(len(_IRIS))] + r.normal(0, 8, 3),
-        brow_dy=r.uniform(0.10, 0.22), brow_t=r.uniform(0.022, 0.06), brow_tilt=r.uniform(-0.35, 0.35),
+        eye_y=r.uniform(-0.28, -0.05), eye_x=r.uniform(0.26, 0.42), eye_rx=r.uniform(0.12, 0.19),
+        eye_ry=r.uniform(0.055, 0.095), iris=_IRIS[r.integers(len(_IRIS))] + r.normal(0, 8, 3),
+        brow_dy=r.uniform(0.10, 0.22), brow_t=r.uniform(0.03, 0.075), brow_tilt=r.uniform(-0.35, 0.35),
         nose_len=r.uniform(0.14, 0.36), nose_w=r.uniform(0.07, 0.17),
-        mouth_y=r.uniform(0.44, 0.66), mouth_w=r.uniform(0.17, 0.33), mouth_h=r.uniform(0.028, 0.07),
+        mouth_y=r.uniform(0.44, 0.66), mouth_w=r.uniform(0.17, 0.33), mouth_h=r.uniform(0.035, 0.08),
         mouth_c=r.uniform(-0.16, 0.16), lips=skin * 0.55 + np.array([150.0, 30.0, 40.0]) * 0.45 + r.normal(0, 8, 3),
-        beard=bool(r.uniform() < 0.2),
+        beard=bool(r.uniform() < 0.2), glasses=bool(r.uniform() < 0.2),
     )
 
 
@@ -175,6 +180,12 @@ def _draw_features(img: np.ndarray, p: Identity, u: np.ndarray, v: np.ndarray, p
     _paint(img, _soft((u / mw) ** 2 + (mv / (px * 0.8)) ** 2, 0.5) * 0.8, p.lips * 0.45)
     for mu, mvv, mr in p.moles:
         _paint(img, 0.8 * _soft(((u - mu) ** 2 + (v - mvv) ** 2) / mr ** 2, 0.4), p.skin * 0.4)
+    if p.glasses:
+        for side in (-1.0, 1.0):
+            ring = ((u - side * p.eye_x) / (p.eye_rx * 1.5)) ** 2 + ((v - p.eye_y) / (p.eye_rx * 1.1)) ** 2
+            _paint(img, _soft(ring, 0.15) * np.clip((ring - 0.62) / 0.08, 0, 1), 25.0)
+        bridge = (np.abs(u) < p.eye_x - p.eye_rx * 1.4) & (np.abs(v - p.eye_y) < 0.025)
+        _paint(img, bridge.astype(np.float32), 25.0)
     if p.beard:
         jaw = (v > p.mouth_y - 0.1) & ((u / p.face_a) ** 2 + (v / p.face_b) ** 2 < 1.0)
         _paint(img, 0.75 * jaw * (1 - _soft(mouth, 0.5)), p.hair)
@@ -188,7 +199,7 @@ def render_face(identity: int, image: int, *, seed: int, size: int = 112) -> np.
     """
     p = identity_params(identity, seed)
     r = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 1, int(identity), int(image)]))
-    j = JITTER
+    j = POSE_JITTER
     unit = size * 0.36 * r.uniform(1 - 0.07 * j, 1 + 0.07 * j)  # pixels per face unit
     cx = size / 2 + np.clip(r.normal(0, 2.2 * j), -6, 6) * size / 112
     cy = size * 0.54 + np.clip(r.normal(0, 2.2 * j), -6, 6) * size / 112
@@ -205,9 +216,13 @@ def render_face(identity: int, image: int, *, seed: int, size: int = 112) -> np.
     bg2 = r.uniform(20, 235, 3)
     t = (xs * np.cos(r.uniform(0, 2 * np.pi)) / size)[..., None]
     img = (bg + (bg2 - bg) * np.clip(t + 0.5, 0, 1)).astype(np.float32)
+    for _ in range(int(r.integers(0, 4))):  # background clutter
+        c = r.uniform(0, size, 2)
+        rad = r.uniform(0.1, 0.35, 2) * size
+        _paint(img, _soft(((xs - c[0]) / rad[0]) ** 2 + ((ys - c[1]) / rad[1]) ** 2, 0.2), r.uniform(0, 255, 3))
     _draw_head(img, p, u, v, px, _texture(identity, seed, u, v))
     _draw_features(img, p, u, v, px, expr)
-    _photometric(img, r, xs, ys, size, j)
+    _photometric(img, r, xs, ys, size, PHOTO_JITTER)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
@@ -336,7 +351,7 @@ def generate_synthetic_faces(
         "generator": "megabench.data.synthetic_faces", "version": GENERATOR_VERSION, "seed": seed,
         "identities": identities, "images_per_identity": images_per_identity, "image_size": [size, size],
         "pack": pack.name, "pack_identities": pack_identities, "pack_first_identity": identities,
-        "pairs": n_pairs, "jitter": JITTER,
+        "pairs": n_pairs, "pose_jitter": POSE_JITTER, "photo_jitter": PHOTO_JITTER,
     })
     return SynthFacesResult(out=out, rec=rec, pack=pack, identities=identities,
                             images=identities * images_per_identity, pack_identities=pack_identities, pairs=n_pairs)

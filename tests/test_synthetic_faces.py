@@ -20,6 +20,7 @@ from megabench.data.synthetic_faces import (
     heldout_pairs,
     identity_params,
     render_face,
+    render_jpegs,
 )
 from megabench.data.training import open_training_set
 
@@ -124,6 +125,13 @@ def test_deterministic_files(small_set, tmp_path):
     for name in ("train.rec", "train.idx", "property", "heldout.bin", "meta.json"):
         assert hashlib.sha256((out / name).read_bytes()).digest() == hashlib.sha256(
             (tmp_path / name).read_bytes()).digest(), name
+
+
+def test_worker_processes_give_the_same_bytes():
+    keys = [(k, i) for k in range(3) for i in range(4)]
+    one = render_jpegs(keys, seed=5, size=48, workers=1)
+    assert render_jpegs(keys, seed=5, size=48, workers=2, chunk=3) == one
+    assert one[5] == face_jpeg(1, 1, seed=5, size=48)
 
 
 def test_cli_synth_faces(tmp_path):

@@ -52,10 +52,12 @@ def info(path: str, as_json: bool) -> None:
 @click.option("--size", default=112, show_default=True, type=click.IntRange(min=32),
               help="Image side in pixels (insightface's aligned crops are 112; the CPU demo trains at 64).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Everything is deterministic given it.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Processes that render (the files are the same for any number).")
 @click.option("--force", is_flag=True, help="Replace a data set already in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def synth_faces(out_dir: str, identities: int, images_per_identity: int, pack_identities: int, pairs: int | None,
-                name: str, size: int, seed: int, force: bool, quiet: bool) -> None:
+                name: str, size: int, seed: int, workers: int, force: bool, quiet: bool) -> None:
     """Synthetic faces a small network can learn: an insightface RecordIO training set and a
     verification pack of held-out identities (LFW's 10-fold layout), for `megabench train` and
     `megabench verify`."""
@@ -73,7 +75,7 @@ def synth_faces(out_dir: str, identities: int, images_per_identity: int, pack_id
                              "or choose another --out")
     res = generate_synthetic_faces(out, identities=identities, images_per_identity=images_per_identity, seed=seed,
                                    pack_identities=pack_identities, pairs=pairs, name=name, size=size,
-                                   progress=not quiet)
+                                   workers=workers, progress=not quiet)
     click.echo(f"train: {res.rec} ({res.images:,d} images, {res.identities} identities)")
     click.echo(f"pack:  {res.pack} ({res.pairs} pairs of {res.pack_identities} held-out identities)")
     click.echo(f"next:  megabench data info {res.out}")

@@ -191,15 +191,17 @@ def _draw_features(img: np.ndarray, p: Identity, u: np.ndarray, v: np.ndarray, p
         _paint(img, 0.75 * jaw * (1 - _soft(mouth, 0.5)), p.hair)
 
 
-def render_face(identity: int, image: int, *, seed: int, size: int = 112) -> np.ndarray:
+def render_face(identity: int, image: int, *, seed: int, size: int = 112, pose_jitter: float | None = None,
+                photo_jitter: float | None = None) -> np.ndarray:
     """Image ``image`` of identity ``identity``: an RGB uint8 ``(size, size, 3)`` array.
 
-    Deterministic in ``(seed, identity, image, size)``; see the module docstring for what is
-    identity-specific and what is per-image jitter.
+    Deterministic in its arguments; see the module docstring for what is identity-specific and what
+    is per-image jitter. ``pose_jitter`` / ``photo_jitter`` default to :data:`POSE_JITTER` /
+    :data:`PHOTO_JITTER`.
     """
     p = identity_params(identity, seed)
     r = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 1, int(identity), int(image)]))
-    j = POSE_JITTER
+    j = POSE_JITTER if pose_jitter is None else float(pose_jitter)
     unit = size * 0.36 * r.uniform(1 - 0.07 * j, 1 + 0.07 * j)  # pixels per face unit
     cx = size / 2 + np.clip(r.normal(0, 2.2 * j), -6, 6) * size / 112
     cy = size * 0.54 + np.clip(r.normal(0, 2.2 * j), -6, 6) * size / 112
@@ -222,7 +224,7 @@ def render_face(identity: int, image: int, *, seed: int, size: int = 112) -> np.
         _paint(img, _soft(((xs - c[0]) / rad[0]) ** 2 + ((ys - c[1]) / rad[1]) ** 2, 0.2), r.uniform(0, 255, 3))
     _draw_head(img, p, u, v, px, _texture(identity, seed, u, v))
     _draw_features(img, p, u, v, px, expr)
-    _photometric(img, r, xs, ys, size, PHOTO_JITTER)
+    _photometric(img, r, xs, ys, size, PHOTO_JITTER if photo_jitter is None else float(photo_jitter))
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
@@ -294,14 +296,45 @@ def default_pairs(pack_identities: int) -> int:
     return int(min(6000, max(200, (6 * pack_identities) // 20 * 20)))
 
 
-def face_jpeg(identity: int, image: int, *, seed: int, size: int = 112) -> bytes:
+def face_jpeg(identity: int, image: int, *, seed: int, size: int = 112, **jitter: float | None) -> bytes:
     """:func:`render_face` encoded as JPEG at a per-image quality in [80, 95] (deterministic): the
     exact bytes that :func:`generate_synthetic_faces` stores."""
     from megabench.data.bin_format import encode_image
 
     r = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 3, int(identity), int(image)]))
     quality = int(r.integers(80, 96))
-    return encode_image(render_face(identity, image, seed=seed, size=size), fmt="jpeg", quality=quality)
+    return encode_image(render_face(identity, image, seed=seed, size=size, **jitter), fmt="jpeg", quality=quality)
+
+
+def _jpeg_chunk(keys: list[tuple[int, int]], seed: int, size: int, pose: float, photo: float) -> list[bytes]:
+    return [face_jpeg(k, i, seed=seed, size=size, pose_jitter=pose, photo_jitter=photo) for k, i in keys]
+
+
+def render_jpegs(keys: list[tuple[int, int]], *, seed: int, size: int, workers: int = 1, chunk: int = 128,
+                 progress=None) -> list[bytes]:
+    """:func:`face_jpeg` of every ``(identity, image)`` in ``keys``, in order; ``workers > 1`` renders
+    chunks in that many worker processes (same bytes). ``progress(n)`` is called per finished chunk."""
+    chunks = [keys[i: i + chunk] for i in range(0, len(keys), chunk)]
+    args = (seed, size, POSE_JITTER, PHOTO_JITTER)
+    out: list[bytes] = []
+    if workers <= 1 or len(chunks) < 2:
+        results = (_jpeg_chunk(c, *args) for c in chunks)
+        for part in results:
+            out += part
+            if progress:
+                progress(len(part))
+        return out
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # fork where the platform has it: nothing to re-import, and the children only run numpy and Pillow
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+        for part in pool.map(_jpeg_chunk, chunks, *([a] * len(chunks) for a in args)):
+            out += part
+            if progress:
+                progress(len(part))
+    return out
 
 
 def generate_synthetic_faces(
@@ -315,10 +348,12 @@ def generate_synthetic_faces(
     name: str = "heldout",
     size: int = 112,
     progress: bool = False,
+    workers: int = 1,
 ) -> SynthFacesResult:
     """Write ``train.rec``/``train.idx``/``property`` (identities ``0..N-1``), ``<name>.bin`` (pairs of
     identities ``N..N+pack_identities-1``) and ``meta.json`` into ``out_dir``. Deterministic in the
-    arguments. Each file is written atomically."""
+    arguments, whatever ``workers`` (processes that render; 1 = this process). Each file is written
+    atomically."""
     from tqdm import tqdm
 
     from megabench.data.bin_format import write_bin
@@ -331,21 +366,14 @@ def generate_synthetic_faces(
     n_pairs = default_pairs(pack_identities) if pairs is None else int(pairs)
     issame, pair_list = heldout_pairs(n_pairs, identities, pack_identities, seed)
     total = identities * images_per_identity + 2 * n_pairs
-    bar = tqdm(total=total, desc="synth faces", unit="img", disable=not progress)
-
-    def train_images():
-        for k in range(identities):
-            for i in range(images_per_identity):
-                yield k, face_jpeg(k, i, seed=seed, size=size)
-                bar.update()
-
-    rec = write_insightface_recordio(out, train_images(), image_size=(size, size))
-    pack_images: list[bytes] = []
-    for id1, im1, id2, im2 in pair_list:
-        for k, i in ((id1, im1), (id2, im2)):
-            pack_images.append(face_jpeg(k, i, seed=seed, size=size))
-            bar.update()
-    bar.close()
+    train_keys = [(k, i) for k in range(identities) for i in range(images_per_identity)]
+    pack_keys = [key for a, i, b, j in pair_list for key in ((a, i), (b, j))]
+    with tqdm(total=total, desc="synth faces", unit="img", disable=not progress) as bar:
+        jpegs = render_jpegs(train_keys + pack_keys, seed=seed, size=size, workers=workers, progress=bar.update)
+    n_train = len(train_keys)
+    rec = write_insightface_recordio(out, ((k, b) for (k, _), b in zip(train_keys, jpegs[:n_train], strict=True)),
+                                     image_size=(size, size))
+    pack_images = jpegs[n_train:]
     pack = write_bin(out / f"{name}.bin", pack_images, issame, protocol=2)
     atomic_write_json(out / "meta.json", {
         "generator": "megabench.data.synthetic_faces", "version": GENERATOR_VERSION, "seed": seed,

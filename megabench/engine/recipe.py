@@ -26,12 +26,14 @@ class DataSpec:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
-    """SGD; ``lr`` is for the total batch."""
+    """SGD; ``lr`` is for the total batch. ``clip_grad_norm`` > 0 clips the global gradient norm of all
+    trained parameters before each step (insightface's ``arcface_torch`` uses 5); 0 = no clipping."""
 
     name: Literal["sgd"] = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    clip_grad_norm: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

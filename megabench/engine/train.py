@@ -419,6 +419,8 @@ def _loop(run: _Run, resume: bool) -> TrainOutcome:
                 _diverged(run, step + 1, stats[0] / max(stats[2], 1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if recipe.optimizer.clip_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.optimizer.clip_grad_norm)
             opt.step()
             step += 1
             meter.add(*stats)

@@ -2,7 +2,7 @@
 
 Usage: ``python benchmarks/megaface.py [--distractors 1000000] [--dim 512] [--dense-at 100000]``
 
-1. Generates (or reuses, under $MEGABENCH_CACHE) a synthetic MegaFace set: 3530 probes x N distractors.
+1. Generates (or reuses, in megabench.config.cache_dir()) a synthetic MegaFace set: 3530 probes x N distractors.
 2. Floor: the same distractor blocks, already in memory and normalised, through ``block @ probes.T``
    and nothing else (median of ``--repeats`` passes).
 3. megabench: the full protocol (raw + refined, every size, ROC, ranks; reading the HDF5 store) in a
@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -109,13 +107,12 @@ def main() -> None:
     ap.add_argument("--only-dense", action="store_true", help="only the dense-evaluator comparison")
     a = ap.parse_args()
 
+    from megabench.config import synthetic_megaface_folder
     from megabench.data.synthetic_megaface import STANDARD_SIZES, generate
     from megabench.evaluation.megaface import load_probes
 
-    cache = Path(os.environ.get("MEGABENCH_CACHE", Path(tempfile.gettempdir()) / "megabench_cache"))
-
     def dataset(n: int) -> Path:
-        folder = cache / f"synth_megaface_n{n}_d{a.dim}_s0_float32"
+        folder = synthetic_megaface_folder(n, a.dim)
         if not (folder / "meta.json").exists():
             t = time.perf_counter()
             generate(folder, n, a.dim, 0, progress=False)

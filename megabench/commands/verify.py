@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from megabench.choices import FLIP_MODES, THRESHOLD_SEARCHES
+
 
 def guess_protocol(pairs_path: str) -> str:
     """The protocol named by the pairs file's stem (``agedb_30.bin`` -> ``agedb_30``), else ``lfw``."""
@@ -23,12 +25,12 @@ def guess_protocol(pairs_path: str) -> str:
               help="HDF5 feature store: one row per pack image (pack order), or rows named by image path.")
 @click.option("--images", type=click.Path(file_okay=False), default=None,
               help="Image folder the pair list names its images in (LFW: <ROOT>/<Name>/<Name>_<NNNN>.jpg).")
-@click.option("--flip", type=click.Choice(["none", "sum", "concat"]), default=None,
+@click.option("--flip", type=click.Choice(FLIP_MODES), default=None,
               help="Flip fusion; default from the protocol (concat = SRANet paper, sum = insightface).")
 @click.option("--protocol", default=None,
               help="Protocol name in protocols/ or a .toml path; default: the pairs file's stem if it names "
                    "one, else lfw.")
-@click.option("--threshold-search", type=click.Choice(["insightface", "exact"]), default=None,
+@click.option("--threshold-search", type=click.Choice(THRESHOLD_SEARCHES), default=None,
               help="insightface: the arange(0, 4, 0.01) grid (default); exact: every training midpoint.")
 @click.option("--allow-partial", is_flag=True, help="Accept a pair count that differs from the protocol's.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,

@@ -172,13 +172,17 @@ def spec_folder(folder: str = "protocols") -> Path:
     """The folder of the shipped spec files named ``folder`` (``protocols`` or ``baselines``).
 
     Read through :mod:`importlib.resources`: the source tree's folder in an editable install, the
-    copy inside the package after a plain ``pip install``.
+    copy inside the package after a plain ``pip install``; the source tree's folder when megabench runs
+    from a checkout that was never installed.
     """
     try:
         package = SPEC_FOLDERS[folder]
     except KeyError:
         raise UnknownNameError(f"unknown spec folder {folder!r}; known: {sorted(SPEC_FOLDERS)}") from None
-    return Path(str(importlib.resources.files(package)))
+    try:
+        return Path(str(importlib.resources.files(package)))
+    except ModuleNotFoundError:  # a source tree on sys.path that was never installed: read the folder itself
+        return REPO_ROOT / folder
 
 
 def find_spec_file(name: str, folder: str = "protocols") -> Path | None:

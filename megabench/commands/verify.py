@@ -77,7 +77,10 @@ def _model_source(mo: dict, device: str):
     from megabench.engine.model_source import resolve_model
 
     check_amp(mo["amp"], device)
-    return resolve_model(mo["model_name"], mo["checkpoint"], runs=mo["runs"], echo=click.echo)
+    from megabench.commands.model_options import onnx_options
+
+    return resolve_model(mo["model_name"], mo["checkpoint"], runs=mo["runs"], echo=click.echo,
+                         onnx_options=onnx_options(mo))
 
 
 def _verify_one(pairs_file: str, features: str | None, source, mo: dict, *, images, flip, protocol, threshold_search,

@@ -40,9 +40,9 @@ def info(path: str, as_json: bool) -> None:
 @click.command("faces")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Folder for train.rec/train.idx/property, the held-out pack and meta.json.")
-@click.option("--identities", default=100, show_default=True, type=click.IntRange(min=2),
+@click.option("--identities", default=50, show_default=True, type=click.IntRange(min=2),
               help="Training identities (classes).")
-@click.option("--images-per-identity", default=20, show_default=True, type=click.IntRange(min=1),
+@click.option("--images-per-identity", default=40, show_default=True, type=click.IntRange(min=1),
               help="Training images per identity.")
 @click.option("--pack-identities", default=100, show_default=True, type=click.IntRange(min=2),
               help="Held-out identities (never in the training set) for the verification pack.")

@@ -28,7 +28,7 @@ import numpy as np
 GENERATOR_VERSION = 2
 #: multipliers of the per-image jitter: pose (shift, rotation, scale, expression) and photometric
 #: (illumination, brightness, contrast, colour cast, noise, occlusion)
-POSE_JITTER = 0.6
+POSE_JITTER = 0.4
 PHOTO_JITTER = 1.0
 
 _SKIN_LIGHT = np.array([238.0, 204.0, 180.0])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import FIXTURES
+from helpers import DEMO_SMALL, FIXTURES
 
 
 @pytest.fixture
@@ -20,3 +20,16 @@ def noise_lists() -> Path:
     from megabench.config import spec_folder
 
     return spec_folder("protocols") / "megaface_noises"
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> tuple[Path, str]:
+    """One reduced `megabench demo` for the whole session: (its folder, its output)."""
+    from click.testing import CliRunner
+
+    from megabench.cli import cli
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    res = CliRunner().invoke(cli, ["demo", "--out", str(out), *DEMO_SMALL])
+    assert res.exit_code == 0, res.output
+    return out, res.output

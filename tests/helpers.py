@@ -22,6 +22,12 @@ UPSTREAM_SHA256 = {
 }
 
 
+#: `megabench demo` at a reduced scale (seconds, not minutes): what tests/test_demo.py and
+#: tests/test_report_demo.py check. The full scale is `make demo` (README).
+DEMO_SMALL = ("--steps", "10", "--batch", "8", "--identities", "8", "--images-per-identity", "4",
+              "--pack-identities", "20", "--distractors", "30", "--megaface-identities", "3", "--quiet")
+
+
 def run_cli(*args: str, catch_exceptions: bool = True) -> Result:
     """``megabench ARGS...`` in-process through click's CliRunner (stderr kept apart in ``.stderr``)."""
     from megabench.cli import cli

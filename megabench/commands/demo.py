@@ -31,7 +31,7 @@ import click
               help="Training images per identity.")
 @click.option("--pack-identities", default=100, show_default=True, type=click.IntRange(min=2),
               help="Held-out identities of the verification pack (6 pairs each, 200..6000 pairs).")
-@click.option("--distractors", default=10_000, show_default=True, type=click.IntRange(min=10),
+@click.option("--distractors", default=5_000, show_default=True, type=click.IntRange(min=10),
               help="MegaFace distractor images (unseen identities), rendered and embedded by each model.")
 @click.option("--megaface-identities", default=20, show_default=True, type=click.IntRange(min=2),
               help="MegaFace probe identities (10 images each).")
@@ -48,10 +48,24 @@ def demo(ctx: click.Context, out_dir: str, threads: int, force: bool, quiet: boo
     features (evaluation and report are redone); other options need --force or another --out."""
     import torch
 
-    from megabench.demo_run import MODELS, learning_summary, prepare_folder, summary_lines, write_marker
+    from megabench.demo_run import prepare_folder
 
-    torch.set_num_threads(threads)
     layout = prepare_folder(out_dir, scale, force=force)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        lines = _run(ctx, layout, scale, threads, quiet)
+    finally:
+        torch.set_num_threads(before)  # the caller's setting back (the demo may run inside another program)
+    click.echo("")
+    for line in lines:
+        click.secho(line, fg="green")
+
+
+def _run(ctx: click.Context, layout, scale: dict[str, Any], threads: int, quiet: bool) -> list[str]:
+    """Every stage in order (one progress line each), then the demo.json record; returns the summary lines."""
+    from megabench.demo_run import MODELS, learning_summary, summary_lines, write_marker
+
     models = [m for m, _ in MODELS]
     stages = [_synth_faces, *(_trainer(m, r) for m, r in MODELS), _verify, _synth_megaface, _megaface, _profile,
               _report]
@@ -68,9 +82,7 @@ def demo(ctx: click.Context, out_dir: str, threads: int, force: bool, quiet: boo
     write_marker(layout.root, {"options": scale, "status": "finished", "seconds": round(seconds, 1),
                                "stage_seconds": times, "threads": threads, "learning": learning,
                                "report": str(layout.report / "report.html")})
-    click.echo("")
-    for line in lines:
-        click.secho(line, fg="green")
+    return lines
 
 
 def _recipe_size() -> int:

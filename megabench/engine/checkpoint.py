@@ -126,4 +126,9 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str,
     except KeyError as exc:
         raise MegabenchError(f"{path}: {exc.args[0]}") from None
     model.load_state_dict(payload["state_dict"], strict=True)
+    prep = payload.get("preprocessing")
+    if isinstance(prep, dict):  # the input contract the weights were saved with (e.g. imported: /127.5)
+        from megabench.models.preprocessing import Preprocessing
+
+        model.preprocessing = Preprocessing(**{**prep, "input_size": tuple(prep["input_size"])})
     return model, payload

@@ -238,3 +238,18 @@ def test_finished_runs_are_what_model_resolution_finds(tmp_path):
     assert finished_runs(tmp_path / "runs", "iresnet_tiny") == [tmp_path / "runs" / "d", tmp_path / "runs" / "a"]
     assert finished_runs(tmp_path / "runs", "sranet_tiny") == [tmp_path / "runs" / "b"]
 
+
+
+def test_clip_grad_norm_bounds_the_first_update(tmp_path):
+    """With momentum 0, weight decay 0 and lr 1, the first SGD update is the clipped gradient: norm = clip."""
+    import dataclasses
+
+    from megabench.engine.recipe import OptimizerSpec
+
+    recipe = dataclasses.replace(tiny_recipe(steps=1, lr=1.0),
+                                 optimizer=OptimizerSpec(lr=1.0, momentum=0.0, weight_decay=0.0, clip_grad_norm=1e-3))
+    net = build_net(recipe, 8)
+    before = {k: p.detach().clone() for k, p in net.named_parameters()}
+    after = train(recipe, PatternFaces(), tmp_path / "r", opts()).weights
+    delta = torch.sqrt(sum(((after[k] - before[k]) ** 2).sum() for k in before))
+    assert float(delta) == pytest.approx(1e-3, rel=1e-3)

@@ -171,8 +171,9 @@ def test_models_command_lists_zoo() -> None:
 
 
 # ----------------------------------------------------------------------------------------- recipes
-# the paper's recipes; demo_tiny (docs/training.md) is the tiny demo / test recipe
-RECIPES = [p for p in list_specs("baselines") if p.stem != "demo_tiny"]
+# the paper's recipes; demo_tiny (docs/training.md) and demo_tiny_sranet (`megabench demo`) are the tiny demo /
+# test recipes
+RECIPES = [p for p in list_specs("baselines") if not p.stem.startswith("demo_tiny")]
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)

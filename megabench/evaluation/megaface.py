@@ -1070,8 +1070,8 @@ def compute_variant(acc, plan, mem: Membership, spec: MegafaceSpec, ties: str, n
         uniq, cnt = np.unique(ranks, return_counts=True)
         imp = ImpostorSummary(view["top"], view["n_imp"], view["hist"], hs.lo, hs.width)
         far_key = {f: f"{f:.0e}" for f in spec.far_targets}
-        tar = {far_key[f]: tar_at_far(imp, plan.genuine_pairs, f) for f in spec.far_targets}
-        dk = {far_key[f]: devkit_reading(imp, plan.genuine_pairs, f) for f in spec.far_targets}
+        tar = {far_key[f]: tar_at_far(imp, plan.genuine_pairs, f).to_dict() for f in spec.far_targets}
+        dk = {far_key[f]: devkit_reading(imp, plan.genuine_pairs, f).to_dict() for f in spec.far_targets}
         out["sizes"][str(size)] = {
             "rank1": float(rates[0]) if ranks.size else math.nan,
             "cmc": {"ranks": ks.tolist(), "rates": rates.tolist(),
@@ -1084,7 +1084,7 @@ def compute_variant(acc, plan, mem: Membership, spec: MegafaceSpec, ties: str, n
             "verification": {"tar_at_far": tar,
                              "devkit_reading": dk,
                              "devkit_reading_note": "first ROC point with FPR > target (score >= threshold)",
-                             "roc": roc_curve_points(imp, plan.genuine_pairs),
+                             "roc": roc_curve_points(imp, plan.genuine_pairs).to_dict(),
                              "n_impostors": int(imp.n), "n_genuine": int(plan.genuine_pairs.size),
                              "topk_kept": int(imp.top.size)},
         }

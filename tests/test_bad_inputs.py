@@ -805,8 +805,8 @@ def _invoke_in_process(args: list[str]) -> tuple[int, str, str, bool]:
 
 
 def _invoke_subprocess(args: list[str], mem: int) -> tuple[int, str, str, bool]:
-    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (%d, %d)); "
-            "from megabench.cli import main; main(sys.argv[1:])" % (mem, mem))
+    code = (f"import resource, sys; resource.setrlimit(resource.RLIMIT_AS, ({mem}, {mem})); "
+            "from megabench.cli import main; main(sys.argv[1:])")
     env = dict(os.environ)
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, env=env,
                           cwd=tempfile.gettempdir())

@@ -17,17 +17,22 @@ import click
 @click.option("--no-flip", is_flag=True, help="Skip the flipped images (then verify only with --flip none).")
 @click.option("--float16", is_flag=True, help="Store features as float16.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def extract(model_name, checkpoint, pack_path, out, batch_size, device, no_flip, float16, quiet) -> None:
+@click.option("--force", is_flag=True, help="Replace an existing --out that is not a megabench feature store.")
+def extract(model_name, checkpoint, pack_path, out, batch_size, device, no_flip, float16, quiet, force) -> None:
     """Embed every image of a .bin pack (and its horizontal flip) into a feature store for `verify`."""
     from megabench.data.bin_format import read_bin
-    from megabench.data.feature_store import StoreMeta
+    from megabench.data.feature_store import StoreMeta, is_feature_store
     from megabench.engine.checkpoint import model_from_checkpoint
+    from megabench.engine.device import check_device
     from megabench.engine.extract import extract_features
     from megabench.errors import MegabenchError
+    from megabench.fileio import check_output
     from megabench.models import create_model
 
     if not (model_name or checkpoint):
         raise click.UsageError("give --model NAME or --checkpoint FILE")
+    check_output(out, inputs=[pack_path, checkpoint], force=force, replaceable=is_feature_store)
+    check_device(device)
     ckpt_sha = ""
     if checkpoint:
         model, payload = model_from_checkpoint(checkpoint)  # one safe read (weights_only), sha256 verified

@@ -30,9 +30,11 @@ def report(results: tuple[str, ...], out_dir: str, size: str | None) -> None:
     RESULTS are result JSON files or folders holding them (searched recursively).
     """
     from megabench.errors import DataError
-    from megabench.fileio import atomic_write_bytes
+    from megabench.fileio import atomic_write_bytes, check_output_dir
     from megabench.reporting import plots, tables
     from megabench.results import read_result
+
+    check_output_dir(out_dir, [])  # a folder we can write, checked before reading anything
 
     files: list[Path] = []
     for r in results:

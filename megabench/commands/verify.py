@@ -38,9 +38,12 @@ def verify(pairs_path: str, features: str, images: str | None, flip: str | None,
     """10-fold verification accuracy (insightface-exact), VAL@FAR, ROC, AUC and EER."""
     from megabench.config import load_spec
     from megabench.evaluation.verification import evaluate, load_pairs
-    from megabench.results import write_result
+    from megabench.fileio import check_output
+    from megabench.results import is_result_file, write_result
 
     spec = load_spec(protocol or guess_protocol(pairs_path), kind="verification")
+    out_path = check_output(out or Path("results") / f"{spec.name}.json", replaceable=is_result_file,
+                            inputs=[pairs_path, features, spec.source or None])
     pairs = load_pairs(pairs_path, images)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -48,7 +51,7 @@ def verify(pairs_path: str, features: str, images: str | None, flip: str | None,
                           allow_partial=allow_partial)
     for message in dict.fromkeys(str(w.message) for w in caught):
         click.secho(f"warning: {message}", fg="yellow", err=True)
-    path = write_result(out or Path("results") / f"{spec.name}.json", result)
+    path = write_result(out_path, result)
     m = result["metrics"]
     click.echo(f"{spec.name} v{spec.version} ({result['protocol']['variant']}, flip={result['input']['flip']}, "
                f"{result['input']['n_pairs']} pairs, {spec.n_folds} folds)")
@@ -68,9 +71,17 @@ def verify(pairs_path: str, features: str, images: str | None, flip: str | None,
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--name", default="synthetic", show_default=True,
               help="File stem: <out>/<name>.bin and <out>/<name>.h5 (a protocol name makes verify pick it).")
-def synth_verification(out_dir: str, n_pairs: int, dim: int, difficulty: float, seed: int, name: str) -> None:
+@click.option("--force", is_flag=True, help="Replace <name>.bin / <name>.h5 already in --out.")
+def synth_verification(out_dir: str, n_pairs: int, dim: int, difficulty: float, seed: int, name: str,
+                       force: bool) -> None:
     """A synthetic insightface .bin pack and its feature store (with flips), for `megabench verify`."""
     from megabench.data.synthetic_verification import make_synthetic_verification
+    from megabench.errors import MegabenchError
+    from megabench.fileio import check_output_dir
+
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise MegabenchError(f"--name {name!r}: give a plain file stem (no folders); files go in --out {out_dir}")
+    check_output_dir(out_dir, [f"{name}.bin", f"{name}.h5"], force=force)
 
     pack, store = make_synthetic_verification(out_dir, n_pairs=n_pairs, dim=dim, difficulty=difficulty,
                                               seed=seed, name=name)

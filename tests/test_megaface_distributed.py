@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_megaface_protocol import make_world, run, spec, write_world
+from test_megaface_protocol import make_world, mf, run, spec, write_world
 
 
 def _free_port() -> int:
@@ -26,13 +26,12 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
 
     torch.set_num_threads(1)
     from megabench.engine.distributed import destroy, init_from_env
-    from megabench.evaluation.megaface import run_megaface
     from megabench.fileio import dumps_json
 
     info = init_from_env("cpu")
     f = Path(folder)
     try:
-        res = run_megaface(spec(block_rows=23), f / "probes.h5", f / "dist.h5", probe_list=f / "fs.json",
+        res = mf(spec(block_rows=23), f / "probes.h5", f / "dist.h5", probe_list=f / "fs.json",
                            facescrub_noises=f / "fs_noise.txt", megaface_noises=f / "mf_noise.txt",
                            refine="facex", progress=False, echo=lambda *a: None, dist_info=info)
     finally:

@@ -17,7 +17,14 @@ import pytest
 from megabench.data.feature_store import StoreMeta, write_features
 from megabench.data.megaface_io import write_distractor_list, write_probe_list
 from megabench.errors import DataError, MegabenchError
-from megabench.evaluation.megaface import MegafaceSpec, NoiseMatchWarning, format_table, run_megaface, write_devkit_json
+from megabench.evaluation.megaface import (
+    MegafaceOptions,
+    MegafaceSpec,
+    NoiseMatchWarning,
+    format_table,
+    run_megaface,
+    write_devkit_json,
+)
 
 DIM = 64
 FARS = (1e-3, 1e-2, 1e-1, 0.3)
@@ -162,11 +169,17 @@ def spec(**kw):
     return dataclasses.replace(base, **kw)
 
 
+def mf(sp, probes, distractors, *, echo=lambda *a: None, dist_info=None, **kw):
+    """run_megaface(spec, MegafaceOptions(...)): the entry-point shape every protocol shares."""
+    return run_megaface(sp, MegafaceOptions(probes=probes, distractors=distractors, **kw), dist_info=dist_info,
+                        echo=echo)
+
+
 def run(tmp_path, w, *, refine="insightface", ties="conservative", lists=False, sp=None, **kw):
-    return run_megaface(sp or spec(), tmp_path / "probes.h5", tmp_path / "dist.h5", probe_list=tmp_path / "fs.json",
-                        distractor_lists=(tmp_path / "lists") if lists else None, refine=refine, ties=ties,
-                        facescrub_noises=tmp_path / "fs_noise.txt", megaface_noises=tmp_path / "mf_noise.txt",
-                        progress=False, echo=lambda *a: None, **kw)
+    return mf(sp or spec(), tmp_path / "probes.h5", tmp_path / "dist.h5", probe_list=tmp_path / "fs.json",
+              distractor_lists=(tmp_path / "lists") if lists else None, refine=refine, ties=ties,
+              facescrub_noises=tmp_path / "fs_noise.txt", megaface_noises=tmp_path / "mf_noise.txt",
+              progress=False, **kw)
 
 
 def check_against(res, ref, *, exact_only=False, width=None):
@@ -250,14 +263,14 @@ def test_resume_equals_uninterrupted_and_refuses_other_inputs(tmp_path):
     full = run(tmp_path, w)
     state = tmp_path / "run.state.npz"
     with pytest.raises(MegabenchError, match="max_blocks"):
-        run(tmp_path, w, state_path=state, max_blocks=3, checkpoint_seconds=0)
+        run(tmp_path, w, state=state, max_blocks=3, checkpoint_seconds=0)
     assert state.exists()
     with pytest.raises(MegabenchError, match="max_blocks"):
-        run(tmp_path, w, state_path=state, resume=True, max_blocks=2, checkpoint_seconds=0)
-    resumed = run(tmp_path, w, state_path=state, resume=True)
+        run(tmp_path, w, state=state, resume=True, max_blocks=2, checkpoint_seconds=0)
+    resumed = run(tmp_path, w, state=state, resume=True)
     assert resumed["variants"] == full["variants"]
     with pytest.raises(DataError, match="different inputs"):
-        run(tmp_path, w, state_path=state, resume=True, refine="drop")
+        run(tmp_path, w, state=state, resume=True, refine="drop")
 
 
 def test_result_schema_devkit_json_and_table(tmp_path):
@@ -292,17 +305,18 @@ def test_bad_inputs(tmp_path):
     # a listed probe path without a feature
     write_probe_list(tmp_path / "fs_bad.json", [*w["paths"], "Ghost/Ghost_1.png"], ["x"] * (len(w["paths"]) + 1))
     with pytest.raises(DataError, match="1 of .* no feature.*Ghost"):
-        run_megaface(spec(), tmp_path / "probes.h5", tmp_path / "dist.h5", probe_list=tmp_path / "fs_bad.json",
+        mf(spec(), tmp_path / "probes.h5", tmp_path / "dist.h5", probe_list=tmp_path / "fs_bad.json",
                      progress=False, echo=lambda *a: None)
     # a distractor list naming unknown images
-    write_distractor_list(tmp_path / "badlists" / "megaface_features_list.json_10_1", ["nope/a.jpg", "nope/b.jpg"])
-    with pytest.raises(DataError, match="2 of 2 paths of the size-10 list"):
-        run_megaface(spec(), tmp_path / "probes.h5", tmp_path / "dist.h5", probe_list=tmp_path / "fs.json",
+    write_distractor_list(tmp_path / "badlists" / "megaface_features_list.json_10_1",
+                          [*w["dpaths"][:8], "nope/a.jpg", "nope/b.jpg"])
+    with pytest.raises(DataError, match="2 of 10 paths of the size-10 list"):
+        mf(spec(), tmp_path / "probes.h5", tmp_path / "dist.h5", probe_list=tmp_path / "fs.json",
                      distractor_lists=tmp_path / "badlists", progress=False, echo=lambda *a: None)
     # dimension mismatch
     write_features(tmp_path / "dist32.h5", w["X"][:, :32], w["dpaths"])
     with pytest.raises(DataError, match="dimension 32"):
-        run_megaface(spec(), tmp_path / "probes.h5", tmp_path / "dist32.h5", probe_list=tmp_path / "fs.json",
+        mf(spec(), tmp_path / "probes.h5", tmp_path / "dist32.h5", probe_list=tmp_path / "fs.json",
                      progress=False, echo=lambda *a: None)
     # NaN / zero-norm distractor rows, named by store row
     X = w["X"].copy()
@@ -310,7 +324,7 @@ def test_bad_inputs(tmp_path):
     X[200] = 0
     write_features(tmp_path / "distnan.h5", X, w["dpaths"])
     with pytest.raises(DataError, match=r"NaN/inf or have zero norm \(first rows \[123"):
-        run_megaface(spec(), tmp_path / "probes.h5", tmp_path / "distnan.h5", probe_list=tmp_path / "fs.json",
+        mf(spec(), tmp_path / "probes.h5", tmp_path / "distnan.h5", probe_list=tmp_path / "fs.json",
                      progress=False, echo=lambda *a: None, refine="none")
 
 
@@ -322,8 +336,8 @@ def test_singletons_error_or_skip(tmp_path):
     write_features(tmp_path / "dist.h5", w["X"], w["dpaths"])
     kw = dict(progress=False, echo=lambda *a: None, refine="none")
     with pytest.raises(DataError, match="1 probe identities have a single image.*Solo"):
-        run_megaface(spec(), tmp_path / "probes.h5", tmp_path / "dist.h5", **kw)
-    res = run_megaface(spec(), tmp_path / "probes.h5", tmp_path / "dist.h5", allow_singletons=True, **kw)
+        mf(spec(), tmp_path / "probes.h5", tmp_path / "dist.h5", **kw)
+    res = mf(spec(), tmp_path / "probes.h5", tmp_path / "dist.h5", allow_singletons=True, **kw)
     assert res["input"]["skipped_singletons"]["raw"] == 1
     w2 = dict(w)
     ref = brute(w2, seed_rows(len(w["X"]), (10, 50, 300), 0), "none", "conservative")
@@ -337,7 +351,7 @@ def test_noise_lists_matching_nothing_warn(tmp_path):
     (tmp_path / "empty_fs.txt").write_text("# c\nNobody.png\n")
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        res = run_megaface(
+        res = mf(
             spec(), tmp_path / "probes.h5", tmp_path / "dist.h5", probe_list=tmp_path / "fs.json",
             facescrub_noises=tmp_path / "empty_fs.txt", megaface_noises=tmp_path / "mf_noise.txt",
             progress=False, echo=lambda *a: None)
@@ -358,7 +372,7 @@ def test_shipped_noise_lists_are_the_default(tmp_path, shared_data):
     write_world(w, tmp_path)
     printed = []
     with pytest.warns(NoiseMatchWarning):
-        res = run_megaface(dataclasses.replace(sp, sizes=(10, 300), block_rows=64), tmp_path / "probes.h5",
+        res = mf(dataclasses.replace(sp, sizes=(10, 300), block_rows=64), tmp_path / "probes.h5",
                            tmp_path / "dist.h5", probe_list=tmp_path / "fs.json", progress=False, echo=printed.append)
     assert "InsightFace" in printed[0]
     assert res["noise"]["lists_sha256"]["facescrub"].startswith("36cf3633")
@@ -404,8 +418,8 @@ def test_result_carries_probe_model_and_warns_on_mixed_models(tmp_path):
     kw = dict(probe_list=tmp_path / "fs.json", progress=False, echo=lambda *a: None, refine="none")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same model: no warning at all
-        res = run_megaface(spec(), tmp_path / "probes.h5", tmp_path / "dist_same.h5", **kw)
+        res = mf(spec(), tmp_path / "probes.h5", tmp_path / "dist_same.h5", **kw)
     assert res["model"] == {"name": "sranet_r50", "checkpoint_sha256": "a" * 64, "preprocessing": prep}
     with pytest.warns(UserWarning, match="'sranet_r50'.*'iresnet50'.*meaningless"):
-        other = run_megaface(spec(), tmp_path / "probes.h5", tmp_path / "dist_other.h5", **kw)
+        other = mf(spec(), tmp_path / "probes.h5", tmp_path / "dist_other.h5", **kw)
     assert other["variants"]["raw"] == res["variants"]["raw"]  # same scores, only the provenance differs

@@ -10,12 +10,15 @@ from pathlib import Path
 
 import click
 
+from megabench.evaluation.megaface import BACKENDS, KERNELS, REFINES, TIES
 
-def _sizes(value: str | None) -> list[int] | None:
+
+def _sizes(value: str | None) -> tuple[float, ...] | None:
+    """``--sizes 10,100 1000`` -> numbers (checked to be positive whole numbers by MegafaceOptions)."""
     if not value:
         return None
     try:
-        return [int(float(v)) for v in value.replace(",", " ").split()]
+        return tuple(float(v) for v in value.replace(",", " ").split())
     except ValueError:
         raise click.BadParameter(f"sizes must be numbers, e.g. 10,100,1000: {value!r}") from None
 
@@ -27,6 +30,40 @@ def _synthetic_dir(n: int, dim: int, seed: int, dtype: str) -> Path:
     return root / f"synth_megaface_n{n}_d{dim}_s{seed}_{dtype}"
 
 
+def _synthetic_inputs(n: int, dim: int, info, quiet: bool) -> dict[str, str]:
+    """Generate (once, cached) a synthetic set; returns the option values that point at it."""
+    from megabench.data.synthetic_megaface import generate
+    from megabench.engine.distributed import barrier
+    from megabench.errors import MegabenchError
+
+    if n < 1 or dim < 1:
+        raise MegabenchError(f"--synthetic {n} --dim {dim}: both must be positive (e.g. --synthetic 100000)")
+    folder = _synthetic_dir(n, dim, 0, "float32")
+    if info.is_main and not (folder / "meta.json").exists():
+        click.echo(f"generating synthetic MegaFace ({n:,} distractors x {dim}) in {folder}")
+        generate(folder, n, dim, 0, progress=not quiet, force=True)
+    barrier(info)
+    return {"probes": str(folder / "facescrub.h5"), "distractors": str(folder / "megaface.h5"),
+            "probe_list": str(folder / "facescrub_features_list.json"), "distractor_lists": str(folder / "lists"),
+            "facescrub_noises": str(folder / "facescrub_noises.txt"),
+            "megaface_noises": str(folder / "megaface_noises.txt")}
+
+
+def _write_outputs(result: dict, out: str | None, devkit_json: str | None, alg: str) -> None:
+    from megabench.evaluation.megaface import format_table, write_devkit_json
+    from megabench.results import write_result
+
+    click.echo(format_table(result))
+    t = result["timings"]
+    click.echo(f"time: total {t['total']:.1f}s (stream {t['stream']:.1f}s)")
+    if out:
+        write_result(out, result)
+        click.echo(f"result: {out}")
+    if devkit_json:
+        files = write_devkit_json(result, devkit_json, alg)
+        click.echo(f"devkit json: {len(files)} files in {devkit_json}")
+
+
 @click.command("megaface")
 @click.option("--probes", type=click.Path(dir_okay=False), help="FaceScrub probe feature store (HDF5).")
 @click.option("--distractors", type=click.Path(dir_okay=False), help="MegaFace distractor feature store (HDF5).")
@@ -36,12 +73,15 @@ def _synthetic_dir(n: int, dim: int, seed: int, dtype: str) -> Path:
 @click.option("--list-set", type=int, default=None, help="Which <set> of the distractor lists (default 1).")
 @click.option("--sizes", default=None, help="Distractor sizes, e.g. 10,100,1000 (default: the spec's).")
 @click.option("--seed", type=int, default=None, help="Seed of the nested random subsets (no lists).")
-@click.option("--refine", type=click.Choice(["insightface", "facex", "drop", "none"]), default=None)
-@click.option("--ties", type=click.Choice(["conservative", "optimistic"]), default=None)
+@click.option("--refine", type=click.Choice(REFINES), default=None)
+@click.option("--ties", type=click.Choice(TIES), default=None)
 @click.option("--facescrub-noises", type=click.Path(dir_okay=False), default=None)
 @click.option("--megaface-noises", type=click.Path(dir_okay=False), default=None)
-@click.option("--jitter-seed", type=int, default=None, help="Mimic insightface's +-0.001 jitter of refined probes.")
-@click.option("--backend", type=click.Choice(["torch", "faiss"]), default="torch")
+@click.option("--jitter-seed", type=int, default=None,
+              help="Mimic insightface: add uniform +-0.001 to the identity's feature sum before normalising.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="torch")
+@click.option("--kernel", type=click.Choice(KERNELS), default="auto", show_default=True,
+              help="Block kernel of the streaming accumulator (every kernel gives the same numbers).")
 @click.option("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
 @click.option("--block-rows", type=int, default=None, help="Distractors per GEMM block (memory ~ probes x block).")
 @click.option("--spec", default="megaface_c1", help="Protocol spec name or TOML path.")
@@ -60,66 +100,33 @@ def _synthetic_dir(n: int, dim: int, seed: int, dtype: str) -> Path:
 @click.option("--dim", type=int, default=512, help="Feature dimension for --synthetic.")
 @click.option("--max-blocks", type=int, default=None, hidden=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def megaface(probes, distractors, probe_list, distractor_lists, list_set, sizes, seed, refine, ties,
-             facescrub_noises, megaface_noises, jitter_seed, backend, device, block_rows, spec, out, devkit_json,
-             alg, state, checkpoint_seconds, resume, allow_singletons, synthetic, dim, max_blocks, quiet) -> None:
+def megaface(spec, out, devkit_json, alg, synthetic, dim, quiet, **kw) -> None:
     """MegaFace Challenge 1: exact CMC / rank-1 and TAR@FAR, raw and refined side by side.
 
     Run under `torchrun --nproc-per-node K megabench megaface ...` to shard the distractors over K ranks.
     """
     from megabench.config import load_spec
     from megabench.engine.distributed import destroy, init_from_env
-    from megabench.errors import MegabenchError
-    from megabench.evaluation.megaface import format_table, run_megaface, write_devkit_json
-    from megabench.results import write_result
+    from megabench.evaluation.megaface import MegafaceOptions, check_outputs, remove_states, run_megaface
 
     spec_obj = load_spec(spec, kind="megaface")
-    info = init_from_env(device)
-    if synthetic is not None:
-        from megabench.data.synthetic_megaface import generate
-        from megabench.engine.distributed import barrier
-
-        folder = _synthetic_dir(synthetic, dim, 0, "float32")
-        if info.is_main and not (folder / "meta.json").exists():
-            click.echo(f"generating synthetic MegaFace ({synthetic:,} distractors x {dim}) in {folder}")
-            generate(folder, synthetic, dim, 0, progress=not quiet)
-        barrier(info)
-        probes = probes or str(folder / "facescrub.h5")
-        distractors = distractors or str(folder / "megaface.h5")
-        probe_list = probe_list or str(folder / "facescrub_features_list.json")
-        distractor_lists = distractor_lists or str(folder / "lists")
-        facescrub_noises = facescrub_noises or str(folder / "facescrub_noises.txt")
-        megaface_noises = megaface_noises or str(folder / "megaface_noises.txt")
-    if not probes or not distractors:
-        raise MegabenchError("megaface needs --probes and --distractors feature stores (or --synthetic N)")
-    if not state and out:
-        state = f"{out}.state.npz"
-    if resume and not state:
-        raise MegabenchError("--resume needs --state PATH or --out (the state goes to <out>.state.npz)")
+    kw["sizes"] = _sizes(kw["sizes"])
+    kw["state"] = kw["state"] or (f"{out}.state.npz" if out else None)
+    options = MegafaceOptions(**kw, progress=not quiet)  # validated before the synthetic set or any work
+    info = init_from_env(kw["device"])
     try:
-        result = run_megaface(
-            spec_obj, probes, distractors, probe_list=probe_list, distractor_lists=distractor_lists,
-            list_set=list_set, sizes=_sizes(sizes), seed=seed, refine=refine, ties=ties,
-            facescrub_noises=facescrub_noises, megaface_noises=megaface_noises, jitter_seed=jitter_seed,
-            backend=backend, device=device, block_rows=block_rows, state_path=state, resume=resume,
-            max_blocks=max_blocks, checkpoint_seconds=checkpoint_seconds, allow_singletons=allow_singletons,
-            progress=not quiet and info.is_main, dist_info=info, echo=click.echo,
-        )
+        if synthetic is not None:
+            synth = _synthetic_inputs(synthetic, dim, info, quiet)
+            options = MegafaceOptions(**{**kw, **{k: kw[k] or v for k, v in synth.items()}}, progress=not quiet)
+        check_outputs(spec_obj, options, out=out, devkit_json=devkit_json)
+        result = run_megaface(spec_obj, options, dist_info=info, echo=click.echo)
     finally:
         destroy(info)
     if result is None:
         return
-    click.echo(format_table(result))
-    t = result["timings"]
-    click.echo(f"time: total {t['total']:.1f}s (stream {t['stream']:.1f}s)")
-    if out:
-        write_result(out, result)
-        click.echo(f"result: {out}")
-    if devkit_json:
-        files = write_devkit_json(result, devkit_json, alg)
-        click.echo(f"devkit json: {len(files)} files in {devkit_json}")
-    if state and Path(state).exists() and out:
-        Path(state).unlink()
+    _write_outputs(result, out, devkit_json, alg)
+    if options.state and out:
+        remove_states(options.state, result["input"]["fingerprint"], info.world)
 
 
 @click.command("convert")
@@ -165,12 +172,17 @@ def convert(root, list_file, store, file_ending, to, float16, allow_missing, qui
 @click.option("--dim", type=int, default=512, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--float16", is_flag=True, help="Write float16 feature stores.")
+@click.option("--force", is_flag=True, help="Replace a synthetic set already in --out.")
 @click.option("--quiet", is_flag=True)
-def synth_megaface(out, distractors, dim, seed, float16, quiet) -> None:
+def synth_megaface(out, distractors, dim, seed, float16, force, quiet) -> None:
     """Synthetic MegaFace Challenge 1 set: stores, devkit lists, planted noise and its noise lists."""
     from megabench.data.synthetic_megaface import generate
+    from megabench.errors import MegabenchError
 
-    meta = generate(out, distractors, dim, seed, dtype="float16" if float16 else "float32", progress=not quiet)
+    if distractors < 1 or dim < 1:
+        raise MegabenchError(f"--distractors {distractors} --dim {dim}: both must be positive")
+    meta = generate(out, distractors, dim, seed, dtype="float16" if float16 else "float32", progress=not quiet,
+                    force=force)
     click.echo(f"wrote {meta['n_probes']} probes and {meta['n_distractors']:,} distractors to {out} "
                f"(sizes {meta['sizes']}, {meta['n_near_duplicates']} near-duplicates, "
                f"{meta['n_mislabelled_probes']} mislabelled probes)")

@@ -137,13 +137,29 @@ def read_matio(path: str | os.PathLike) -> np.ndarray:
 
 
 # --- noise lists ----------------------------------------------------------------------------------
-def read_noise_list(path: str | os.PathLike) -> list[str]:
-    """Entries of a noise list, in file order; blank lines and ``#`` comment lines are skipped."""
+def read_noise_list(path: str | os.PathLike, *, tab_field: bool = False) -> list[str]:
+    """Entries of a noise list, in file order; blank lines and ``#`` comment lines are skipped.
+
+    ``tab_field``: a line with tabs contributes its second tab-separated field (as insightface's
+    ``remove_noises.py`` reads the MegaFace list: ``line.split("\t")[1]`` when there is more than one field).
+    """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DataError(f"{path}: no such noise list") from None
-    return [s for s in (line.strip() for line in text.splitlines()) if s and not s.startswith("#")]
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a noise list") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a UTF-8 text noise list (byte {exc.start}: {exc.reason}); "
+                        "convert it to UTF-8") from None
+    out = []
+    for line in text.splitlines():
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        fields = s.split("\t")
+        out.append(fields[1].strip() if tab_field and len(fields) > 1 else s)
+    return out
 
 
 def match_facescrub_noise(paths: Sequence[str], noise: Sequence[str]) -> tuple[np.ndarray, int]:

@@ -58,6 +58,38 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
+#: the files :func:`generate` writes into its folder (``lists/`` holds the devkit lists)
+SET_FILES = ("facescrub.h5", "megaface.h5", "facescrub_features_list.json", "facescrub_noises.txt",
+             "megaface_noises.txt", "meta.json")
+
+
+def leftover_temporaries(out: Path) -> list[Path]:
+    """Hidden ``.<set file>.<random>[.h5|.npz].tmp`` files (:func:`megabench.fileio.atomic_path`) of a killed
+    generation in ``out`` and ``out/lists``; nothing else matches."""
+    found = [p for name in SET_FILES for p in out.glob(f".{name}.*.tmp")]
+    lists = out / "lists"
+    if lists.is_dir():
+        found += [p for p in lists.glob(".megaface_features_list.json_*.tmp")]
+    return sorted(p for p in found if p.is_file())
+
+
+def prepare_output_folder(out: Path, *, force: bool = False) -> None:
+    """Create ``out``; refuse to replace an existing set unless ``force``; remove a killed run's temporaries."""
+    from megabench.errors import DataError
+
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: --out is a file; give a folder for the synthetic set")
+    existing = [name for name in SET_FILES if (out / name).exists()]
+    if (out / "lists").is_dir() and any((out / "lists").glob("megaface_features_list.json_*")):
+        existing.append("lists/")
+    if existing and not force:
+        raise DataError(f"{out}: already holds {', '.join(existing)}; pass --force to replace them or choose "
+                        "another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    for p in leftover_temporaries(out):
+        p.unlink(missing_ok=True)
+
+
 def distractor_path(i: int) -> str:
     """Devkit-like relative path of distractor ``i`` (``<3 digits>/<owner>@N00/<photo>_<face>.jpg``)."""
     owner = 10_000_000 + (i * 7919) % 89_999_999
@@ -76,8 +108,13 @@ def generate(
     n_mislabelled: int = 25,
     block: int = 65536,
     progress: bool = True,
+    force: bool = False,
 ) -> dict:
-    """Write a synthetic MegaFace set into ``out``; returns the meta dict (also ``out/meta.json``)."""
+    """Write a synthetic MegaFace set into ``out``; returns the meta dict (also ``out/meta.json``).
+
+    Existing files of the set in ``out`` are an error unless ``force`` (then replaced). Hidden temporary
+    files a killed generation left there (``.<name of a set file>.*.tmp``) are removed first.
+    """
     from tqdm import tqdm
 
     from megabench.data.feature_store import FeatureStoreWriter, StoreMeta, write_features
@@ -85,7 +122,7 @@ def generate(
     from megabench.fileio import atomic_write_bytes, atomic_write_json
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output_folder(out, force=force)
     rng = np.random.default_rng([seed, 0])
     sizes = probe_sizes()
     centres = _unit(rng.standard_normal((N_IDENTITIES, dim)))

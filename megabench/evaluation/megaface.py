@@ -15,9 +15,10 @@ Definitions
 - Verification genuine pairs: the *unordered* same-identity probe pairs i < j (as the devkit), score
   ``s(x_i, x_j)``; impostors: every probe x every distractor of the size (N = probes x |D|).
 - Refinement (``refine``): ``insightface`` (noisy distractor scores -inf, kept in D and N; noisy probe
-  replaced by the L2-normalised mean of its identity's clean features, optional ``jitter_seed`` adds
-  uniform +-0.001 before normalising), ``facex`` (noisy distractor = zero vector, score 0; probes as
-  insightface), ``drop`` (noisy probes and distractors removed), ``none``. Raw and refined share the GEMM.
+  replaced by the L2-normalised mean of its identity's clean features; ``jitter_seed`` adds uniform
+  +-0.001 to their *sum* before normalising, as insightface's remove_noises.py), ``facex`` (noisy
+  distractor = zero vector, score 0; probes as insightface), ``drop`` (noisy probes and distractors
+  removed), ``none``. Raw and refined share the GEMM.
 - Probe identities with one image have no genuine pair: an error, or skipped and counted with
   ``allow_singletons`` (skipped probes contribute neither trials nor impostors).
 """
@@ -30,7 +31,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -85,10 +86,117 @@ class MegafaceSpec:
         return (base / rel) if not Path(rel).is_absolute() else Path(rel)
 
 
-def load_default_spec() -> MegafaceSpec:
-    from megabench.config import load_spec
+#: choices of the CLI options (one source of truth: the CLI builds its click.Choice from these)
+REFINES: tuple[str, ...] = ("insightface", "facex", "drop", "none")
+TIES: tuple[str, ...] = ("conservative", "optimistic")
+BACKENDS: tuple[str, ...] = ("torch", "faiss")
+KERNELS: tuple[str, ...] = ("auto", "fused", "torch")
+PathArg = str | os.PathLike | None
 
-    return load_spec("megaface_c1", kind="megaface")
+
+def _check_choice(name: str, value: str | None, choices: tuple[str, ...]) -> None:
+    if value is not None and value not in choices:
+        raise MegabenchError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def check_sizes(sizes) -> tuple[int, ...] | None:
+    """Distractor sizes as positive ints; 0, negatives, fractions (10.7), NaN and non-numbers are errors."""
+    if sizes is None:
+        return None
+    out = []
+    for s in sizes:
+        if isinstance(s, bool) or not isinstance(s, (int, float, np.integer, np.floating)):
+            raise MegabenchError(f"--sizes: {s!r} is not a number; give positive whole numbers, e.g. 10,100,1000")
+        if not math.isfinite(s) or s != int(s) or s < 1:
+            raise MegabenchError(f"--sizes: {s!r} is not a positive whole number of distractors; "
+                                 "give e.g. 10,100,1000")
+        out.append(int(s))
+    if not out:
+        raise MegabenchError("--sizes: no size given; give e.g. 10,100,1000 or leave it out for the spec's sizes")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class MegafaceOptions:
+    """Everything one MegaFace run takes besides the spec; built by the CLI (``megabench megaface``).
+
+    Paths: ``probes`` / ``distractors`` (HDF5 feature stores), ``probe_list`` (facescrub_features_list.json),
+    ``distractor_lists`` (folder of ``megaface_features_list.json_<size>_<set>``), noise lists (default: the
+    spec's), ``state`` (resume state file; per rank ``<state>.rank<r>`` under torchrun). ``None`` for
+    ``sizes``, ``seed``, ``refine``, ``ties``, ``block_rows`` means the spec's value (:meth:`resolved`).
+    ``kernel`` selects the accumulator's block kernel (``auto | fused | torch``; recorded in the result).
+    ``dense_cut``: genuine scores below it are counted densely (default: :func:`auto_cut`; any value gives the
+    same numbers). ``max_blocks`` stops after that many blocks with the state saved and raises
+    :class:`MegabenchError` (the interruption hook of the resume tests).
+    """
+
+    probes: PathArg = None
+    distractors: PathArg = None
+    probe_list: PathArg = None
+    distractor_lists: PathArg = None
+    list_set: int | None = None
+    sizes: tuple[int, ...] | None = None
+    seed: int | None = None
+    refine: str | None = None
+    ties: str | None = None
+    facescrub_noises: PathArg = None
+    megaface_noises: PathArg = None
+    jitter_seed: int | None = None
+    backend: str = "torch"
+    device: str = "cpu"
+    kernel: str = "auto"
+    block_rows: int | None = None
+    state: PathArg = None
+    resume: bool = False
+    max_blocks: int | None = None
+    checkpoint_seconds: float = 30.0
+    allow_singletons: bool = False
+    dense_cut: float | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check_choice("refine", self.refine, REFINES)
+        _check_choice("ties", self.ties, TIES)
+        _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("kernel", self.kernel, KERNELS)
+        object.__setattr__(self, "sizes", check_sizes(self.sizes))
+        if self.block_rows is not None and not 1 <= int(self.block_rows) < (1 << 24):
+            raise MegabenchError(f"block_rows must be in [1, 2**24), got {self.block_rows}")
+        if self.list_set is not None and self.list_set < 0:
+            raise MegabenchError(f"list_set must be >= 0, got {self.list_set}")
+        if not self.checkpoint_seconds >= 0:
+            raise MegabenchError(f"checkpoint_seconds must be >= 0, got {self.checkpoint_seconds}")
+        if self.max_blocks is not None and self.max_blocks < 0:
+            raise MegabenchError(f"max_blocks must be >= 0, got {self.max_blocks}")
+        if self.resume and self.state is None:
+            raise MegabenchError("--resume needs a state file (--state PATH or --out)")
+
+    def resolved(self, spec: MegafaceSpec) -> MegafaceOptions:
+        """A copy with the spec's defaults filled in (refine, ties, seed, block_rows)."""
+        return replace(self, refine=self.refine or spec.refine, ties=self.ties or spec.ties,
+                       seed=spec.seed if self.seed is None else self.seed,
+                       block_rows=int(self.block_rows or spec.block_rows))
+
+    def noise_paths(self, spec: MegafaceSpec) -> tuple[Path, Path]:
+        """(FaceScrub, MegaFace) noise list paths: the options' or the spec's."""
+        fs = Path(self.facescrub_noises) if self.facescrub_noises else spec.noise_path("facescrub")
+        mf = Path(self.megaface_noises) if self.megaface_noises else spec.noise_path("megaface")
+        return fs, mf
+
+    def input_files(self, spec: MegafaceSpec) -> dict[str, Path]:
+        """Every file this run reads, by role (the distractor list files included): never written."""
+        files = {k: Path(v) for k, v in (("--probes", self.probes), ("--distractors", self.distractors),
+                                         ("--probe-list", self.probe_list)) if v is not None}
+        if (self.refine or spec.refine) != "none":
+            fs, mf = self.noise_paths(spec)
+            files.update({"--facescrub-noises": fs, "--megaface-noises": mf})
+        if self.distractor_lists is not None:
+            folder = Path(self.distractor_lists)
+            files["--distractor-lists"] = folder
+            if folder.is_dir():
+                for p in folder.iterdir():
+                    files[f"--distractor-lists ({p.name})"] = p
+        return files
 
 
 # --- inputs -----------------------------------------------------------------------------------------
@@ -288,9 +396,10 @@ def build_stack(
             if clean.size == 0:
                 raise DataError(f"{source}: every image of the identity of {probes.paths[i]} is in the noise list; "
                                 "there is no clean feature to replace it with (use --refine drop)")
-            m = x[clean].astype(np.float64).mean(axis=0)
-            if rng is not None:
-                m = m + rng.uniform(-0.001, 0.001, size=m.shape)
+            if rng is None:
+                m = x[clean].astype(np.float64).mean(axis=0)
+            else:  # insightface's remove_noises.py: jitter added to the identity's feature *sum*
+                m = x[clean].astype(np.float64).sum(axis=0) + rng.uniform(-0.001, 0.001, size=x.shape[1])
             extra.append((m / np.linalg.norm(m)).astype(np.float32))
             refined_slots[i] = n + len(extra) - 1
         if extra:
@@ -313,287 +422,559 @@ def build_stack(
 
 
 # --- resume state -----------------------------------------------------------------------------------
-def _save_state(path: Path, fingerprint: str, blocks_done: list[int], acc) -> None:
-    from megabench.fileio import atomic_path
-
-    arrays = acc.state_arrays()
-    arrays["__fingerprint__"] = np.frombuffer(fingerprint.encode(), dtype=np.uint8)
-    arrays["__blocks__"] = np.asarray(sorted(blocks_done), dtype=np.int64)
-    with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **{k.replace("/", "|"): v for k, v in arrays.items()})
+#: the marker every resume state carries: a file without it is never overwritten or removed
+STATE_MAGIC = "megabench-megaface-resume-state-v1"
 
 
-def _load_state(path: Path, fingerprint: str, acc) -> list[int]:
+def rank_state_path(path: str | os.PathLike, rank: int, world: int) -> Path:
+    """The state file of one rank: ``path`` itself for one process, ``<path>.rank<r>`` under torchrun."""
+    path = Path(path)
+    return path if world <= 1 else path.with_name(f"{path.name}.rank{rank}")
+
+
+def _read_state_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a state file (``|`` in keys back to ``/``); unreadable -> :class:`DataError`."""
+    import zipfile
+
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k.replace("|", "/"): z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable resume state ({exc}); delete it to start afresh") from None
-    found = bytes(arrays.pop("__fingerprint__", np.empty(0, np.uint8))).decode(errors="replace")
-    if found != fingerprint:
-        raise DataError(f"{path}: resume state belongs to different inputs or options (fingerprint {found[:12]} != "
-                        f"{fingerprint[:12]}); delete it or point --state elsewhere")
-    blocks = arrays.pop("__blocks__").tolist()
-    acc.load_state_arrays(arrays)
-    return blocks
+            if not hasattr(z, "files"):
+                raise ValueError("a single array, not an .npz archive")
+            return {k.replace("|", "/"): z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise DataError(f"{path}: unreadable resume state ({reason}); delete it to start afresh, or point "
+                        "--state elsewhere") from None
 
 
-# --- the run ----------------------------------------------------------------------------------------
+def _text(a: np.ndarray | None) -> str:
+    return bytes(np.asarray(a, np.uint8)).decode(errors="replace") if a is not None else ""
+
+
+def state_marker(path: str | os.PathLike) -> tuple[str, str] | None:
+    """(magic, fingerprint) of a megabench resume state, or None when ``path`` is something else."""
+    try:
+        arrays = _read_state_arrays(Path(path))
+    except DataError:
+        return None
+    magic = _text(arrays.get("__magic__"))
+    return (magic, _text(arrays.get("__fingerprint__"))) if magic == STATE_MAGIC else None
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """One rank's resume state file: accumulator arrays + finished blocks + marker (magic, fingerprint).
+
+    Overwrites only a missing file or a megabench resume state (:meth:`check_target`); removes only a
+    file carrying this run's fingerprint (:meth:`remove`).
+    """
+
+    path: Path
+    fingerprint: str
+
+    def check_target(self) -> None:
+        """Refuse a state path that holds anything but a megabench resume state (before any work)."""
+        check_state_target(self.path)
+
+    def save(self, blocks_done: list[int], acc) -> None:
+        from megabench.fileio import atomic_path
+
+        arrays = acc.state_arrays()
+        arrays["__magic__"] = np.frombuffer(STATE_MAGIC.encode(), dtype=np.uint8)
+        arrays["__fingerprint__"] = np.frombuffer(self.fingerprint.encode(), dtype=np.uint8)
+        arrays["__blocks__"] = np.asarray(sorted(blocks_done), dtype=np.int64)
+        with atomic_path(self.path, suffix=".npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **{k.replace("/", "|"): v for k, v in arrays.items()})
+
+    def load(self, acc) -> list[int]:
+        """Load the accumulator state; returns the finished blocks. Other inputs / options -> DataError."""
+        arrays = _read_state_arrays(self.path)
+        if _text(arrays.pop("__magic__", None)) != STATE_MAGIC:
+            raise DataError(f"{self.path}: not a megabench MegaFace resume state (no marker); point --state "
+                            "elsewhere")
+        found = _text(arrays.pop("__fingerprint__", None))
+        if found != self.fingerprint:
+            raise DataError(f"{self.path}: resume state belongs to different inputs or options (fingerprint "
+                            f"{found[:12]} != {self.fingerprint[:12]}); delete it or point --state elsewhere")
+        blocks = arrays.pop("__blocks__", np.empty(0, np.int64)).tolist()
+        try:
+            acc.load_state_arrays(arrays)
+        except (KeyError, ValueError, IndexError) as exc:
+            raise DataError(f"{self.path}: damaged resume state ({exc}); delete it to start afresh") from None
+        return blocks
+
+    def remove(self) -> bool:
+        """Delete the file if it is this run's state (marker and fingerprint match); True if deleted."""
+        if state_marker(self.path) != (STATE_MAGIC, self.fingerprint):
+            return False
+        self.path.unlink(missing_ok=True)
+        return True
+
+
+def check_state_target(path: str | os.PathLike) -> None:
+    """:class:`MegabenchError` unless ``path`` is absent or a megabench resume state (which may be replaced)."""
+    path = Path(path)
+    if path.is_dir():
+        raise MegabenchError(f"{path}: --state is a folder; give a file path for the resume state")
+    if path.exists() and state_marker(path) is None:
+        raise MegabenchError(f"{path}: exists and is not a megabench resume state; refusing to overwrite it: "
+                             "point --state at a new file")
+
+
+def remove_states(state: str | os.PathLike, fingerprint: str, world: int) -> list[Path]:
+    """After a successful run: delete every rank's state file of this run (marker checked); returns them."""
+    files = [rank_state_path(state, r, world) for r in range(max(world, 1))]
+    return [p for p in files if ResumeState(p, fingerprint).remove()]
+
+
+# --- inputs of one run ------------------------------------------------------------------------------
 def _sha_or_none(path: str | os.PathLike | None) -> str | None:
     from megabench.fileio import sha256_file
 
     return sha256_file(path) if path else None
 
 
-def run_megaface(
-    spec: MegafaceSpec,
-    probes_path: str | os.PathLike,
-    distractors_path: str | os.PathLike,
-    *,
-    probe_list: str | os.PathLike | None = None,
-    distractor_lists: str | os.PathLike | None = None,
-    list_set: int | None = None,
-    sizes: list[int] | None = None,
-    seed: int | None = None,
-    refine: str | None = None,
-    ties: str | None = None,
-    facescrub_noises: str | os.PathLike | None = None,
-    megaface_noises: str | os.PathLike | None = None,
-    use_noise_lists: bool = True,
-    jitter_seed: int | None = None,
-    backend: str = "torch",
-    device: str = "cpu",
-    block_rows: int | None = None,
-    state_path: str | os.PathLike | None = None,
-    resume: bool = False,
-    max_blocks: int | None = None,
-    checkpoint_seconds: float = 30.0,
-    allow_singletons: bool = False,
-    dense_cut: float | None = None,
-    progress: bool = True,
-    dist_info=None,
-    echo=print,
-) -> dict[str, Any] | None:
-    """Run the protocol; returns the result dict (on rank 0; None on other ranks).
-
-    ``dense_cut``: genuine scores below it are counted densely (default: :func:`auto_cut`; any value gives
-    the same numbers). ``max_blocks`` stops after that many blocks (with the state saved) and raises
-    :class:`MegabenchError`: the interruption hook for resume tests.
-    """
+def check_device(device: str) -> None:
+    """A device torch knows and that exists here (``cpu``, ``cuda``, ``cuda:1`` ...) else MegabenchError."""
     import torch
-    from tqdm import tqdm
 
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise MegabenchError(f"--device {device!r}: not a device ({exc}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MegabenchError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MegabenchError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type != "cpu":
+        raise MegabenchError(f"--device {device}: megaface runs on cpu or cuda devices")
+
+
+def distractor_membership(spec: MegafaceSpec, opts: MegafaceOptions, store_paths: list[str],
+                          source: str) -> tuple[Membership, dict[str, str]]:
+    """Sizes and store rows per size: from the devkit lists when given, else nested seeded subsets.
+
+    Returns (membership, ``{list file name: sha256}``; empty without lists).
+    """
+    from megabench.data.megaface_io import distractor_list_files, read_distractor_list
+
+    if opts.distractor_lists is None:
+        want = sorted(opts.sizes or spec.sizes)
+        n = len(store_paths)
+        fit = [s for s in want if s <= n]
+        if len(fit) < len(want):
+            warnings.warn(f"{source}: only {n} distractors; sizes {[s for s in want if s > n]} skipped",
+                          stacklevel=3)
+        if not fit:
+            raise DataError(f"{source}: {n} distractors, fewer than the smallest size {want[0]}")
+        return membership_from_seed(n, fit, opts.seed), {}
+    files = distractor_list_files(opts.distractor_lists, opts.list_set)
+    if opts.sizes:
+        files = {s: f for s, f in files.items() if s in opts.sizes}
+        if not files:
+            raise DataError(f"{opts.distractor_lists}: no lists for the sizes {list(opts.sizes)}; sizes present: "
+                            f"{sorted(distractor_list_files(opts.distractor_lists, opts.list_set))}")
+    lists = {s: read_distractor_list(f) for s, f in files.items()}
+    for s, f in files.items():
+        if len(lists[s]) != s:
+            raise DataError(f"{f}: the name says {s} distractors but the list holds {len(lists[s])} paths; "
+                            "fix or rename the list (the size in the name is the size reported)")
+    sha = {f.name: _sha_or_none(f) for f in files.values()}
+    return membership_from_lists(store_paths, lists, str(opts.distractor_lists)), sha
+
+
+@dataclass
+class NoiseMatch:
+    """Which probes (``noisy_probe`` (n_probes,) bool) and distractor store rows (``noisy_dist`` (n_store,)
+    bool, only rows of some size) the noise lists name; ``report`` goes into the result's ``noise``."""
+
+    noisy_probe: np.ndarray
+    noisy_dist: np.ndarray
+    report: dict[str, Any]
+
+
+def match_noise(spec: MegafaceSpec, opts: MegafaceOptions, probe_paths: list[str], store_paths: list[str],
+                membership: Membership) -> NoiseMatch:
+    """Read the noise lists (unless ``refine == "none"``) and mark the probes / used distractors they name."""
+    from megabench.data.megaface_io import match_facescrub_noise, match_megaface_noise, read_noise_list
+
+    noisy_probe = np.zeros(len(probe_paths), bool)
+    noisy_dist = np.zeros(len(store_paths), bool)
+    if opts.refine == "none":
+        return NoiseMatch(noisy_probe, noisy_dist, {})
+    fs_path, mf_path = opts.noise_paths(spec)
+    fs_list, mf_list = read_noise_list(fs_path), read_noise_list(mf_path, tab_field=True)
+    noisy_probe, fs_matched = match_facescrub_noise(probe_paths, fs_list)
+    used = np.flatnonzero(membership.row_class >= 0)
+    m_used, mf_matched = match_megaface_noise([store_paths[i] for i in used], mf_list)
+    noisy_dist[used[m_used]] = True
+    for what, matched, lst, p in (("facescrub", fs_matched, fs_list, fs_path),
+                                  ("megaface", mf_matched, mf_list, mf_path)):
+        if matched == 0:
+            warnings.warn(f"{p}: none of its {len(lst)} entries matched the {what} images in use; check that the "
+                          "lists and noise list come from the same data", NoiseMatchWarning, stacklevel=3)
+    report = {"facescrub_matched": fs_matched, "megaface_matched": mf_matched,
+              "facescrub_entries": len(fs_list), "megaface_entries": len(mf_list),
+              "n_noisy_probes": int(noisy_probe.sum()), "n_noisy_distractors": int(noisy_dist.sum()),
+              "lists_sha256": {"facescrub": _sha_or_none(fs_path), "megaface": _sha_or_none(mf_path)},
+              "files": {"facescrub": str(fs_path), "megaface": str(mf_path)},
+              "attribution": spec.attribution}
+    return NoiseMatch(noisy_probe, noisy_dist, report)
+
+
+#: distractor rows scored against every probe to place the dense / candidate split (and check overlap)
+SAMPLE_ROWS = 2048
+
+
+def impostor_sample(store, membership: Membership, probes: Probes) -> np.ndarray:
+    """Scores (m, n_probes) of the first ``SAMPLE_ROWS`` used distractor rows against the probes."""
+    import torch
+
+    from megabench.metrics.search import normalize_block
+
+    first = np.flatnonzero(membership.row_class >= 0)[:SAMPLE_ROWS]
+    if not first.size:
+        return np.empty((0, probes.features.shape[0]), np.float32)
+    xs = normalize_block(torch.from_numpy(store.read(rows=np.sort(first))), source=str(store.path))
+    return (xs @ torch.from_numpy(probes.features).T).numpy()
+
+
+@dataclass
+class MegafaceInputs:
+    """Everything read before the pass: probes, the open distractor store, membership, noise, a sample."""
+
+    probes: Probes
+    store: Any  # an open FeatureStore (close with :meth:`close`)
+    store_paths: list[str]
+    membership: Membership
+    lists_sha: dict[str, str]
+    noise: NoiseMatch
+    sample_scores: np.ndarray
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def load_inputs(spec: MegafaceSpec, opts: MegafaceOptions) -> MegafaceInputs:
+    """Read and cross-check the inputs of a run (``opts`` resolved); the caller closes the store."""
     from megabench.data.feature_store import open_features
-    from megabench.data.megaface_io import (
-        distractor_list_files,
-        match_facescrub_noise,
-        match_megaface_noise,
-        read_distractor_list,
-        read_noise_list,
-    )
-    from megabench.engine.distributed import DistInfo, all_gather_arrays
-    from megabench.metrics.search import make_backend, normalize_block
+
+    probes = load_probes(opts.probes, opts.probe_list)
+    store = open_features(opts.distractors)
+    try:
+        if store.dim != probes.features.shape[1]:
+            raise DataError(f"{opts.distractors}: distractor features have dimension {store.dim} but the probes "
+                            f"({opts.probes}) have {probes.features.shape[1]}; extract both with the same model")
+        _warn_if_models_differ(probes.meta, store.meta, str(opts.probes), str(opts.distractors))
+        store_paths = store.paths()
+        membership, lists_sha = distractor_membership(spec, opts, store_paths, str(opts.distractors))
+        noise = match_noise(spec, opts, probes.paths, store_paths, membership)
+        sample = impostor_sample(store, membership, probes)
+    except BaseException:
+        store.close()
+        raise
+    return MegafaceInputs(probes, store, store_paths, membership, lists_sha, noise, sample)
+
+
+def run_fingerprint(spec: MegafaceSpec, opts: MegafaceOptions, inputs: MegafaceInputs, stack: Stack, k: int,
+                    world: int) -> tuple[str, dict[str, Any]]:
+    """sha256 over everything that changes the accumulator state; returns (hex, the hashed dict)."""
+    import torch
+
+    src = {"probes": _sha_or_none(opts.probes), "distractors": inputs.store.sha256(),
+           "probe_list": _sha_or_none(opts.probe_list), "distractor_lists": inputs.lists_sha,
+           "noise": inputs.noise.report.get("lists_sha256"), "spec": spec.sha256 or repr(spec),
+           "sizes": inputs.membership.sizes, "membership": inputs.membership.source, "seed": opts.seed,
+           "refine": opts.refine, "ties": opts.ties, "jitter_seed": opts.jitter_seed,
+           "block_rows": opts.block_rows, "k": k, "hist_bins": spec.hist_bins, "backend": opts.backend,
+           "device": str(torch.device(opts.device).type), "allow_singletons": opts.allow_singletons,
+           "world": world, "dense_cut": stack.info["dense_cut"]}
+    if opts.jitter_seed is not None:
+        src["jitter_on"] = "sum"  # states of the old mean-jitter refinement never resume into this one
+    return hashlib.sha256(json.dumps(src, sort_keys=True).encode()).hexdigest(), src
+
+
+def topk_size(spec: MegafaceSpec, n_probes: int, n_distractors: int) -> int:
+    """K of the exact top-K impostor buffer: ``max(topk_min, ceil(topk_fraction * probes * distractors))``."""
+    return max(spec.topk_min, math.ceil(spec.topk_fraction * n_probes * n_distractors))
+
+
+def make_accumulator(plans: list, n_classes: int, k: int, spec: MegafaceSpec, kernel: str = "auto"):
+    """A fresh :class:`~megabench.metrics.streaming.MegafaceAccumulator` (``kernel`` passed once it takes one)."""
+    import inspect
+
     from megabench.metrics.streaming import HistSpec, MegafaceAccumulator
 
-    info = dist_info or DistInfo()
-    refine = refine or spec.refine
-    ties = ties or spec.ties
-    seed = spec.seed if seed is None else seed
-    block_rows = int(block_rows or spec.block_rows)
-    if not 1 <= block_rows < (1 << 24):
-        raise MegabenchError(f"block_rows must be in [1, 2**24), got {block_rows}")
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+    kw = {"kernel": kernel} if "kernel" in inspect.signature(MegafaceAccumulator).parameters else {}
+    return MegafaceAccumulator(plans, n_classes, k, HistSpec(spec.hist_bins), **kw)
 
-    probes = load_probes(probes_path, probe_list)
-    ds = open_features(distractors_path)
+
+# --- the stream -------------------------------------------------------------------------------------
+def schedule_blocks(n_rows: int, block_rows: int, rank: int = 0, world: int = 1) -> list[int]:
+    """The blocks (``rows b*block_rows : (b+1)*block_rows``) one rank streams: ``b % world == rank``."""
+    n_blocks = -(-n_rows // block_rows)
+    return [b for b in range(n_blocks) if b % world == rank]
+
+
+def block_row_order(row_class: np.ndarray, row_noisy: np.ndarray) -> np.ndarray | None:
+    """Rows of one block to feed the accumulator, sorted by (class, noisy); None: all rows, already sorted.
+
+    Rows of no size (class -1) are left out (an empty array when none is used).
+    """
+    sort_key = row_class * 2 + row_noisy
+    if row_class.min() >= 0 and not np.any(np.diff(sort_key) < 0):
+        return None
+    order = np.flatnonzero(row_class >= 0)
+    return order[np.argsort(sort_key[order], kind="stable")]
+
+
+def score_block(b: int, inputs: MegafaceInputs, block_rows: int, backend, acc) -> None:
+    """Read, normalise and score distractor block ``b`` and add it to ``acc``."""
+    from megabench.metrics.search import normalize_block
+
+    store, source = inputs.store, str(inputs.store.path)
+    lo, hi = b * block_rows, min(store.n, (b + 1) * block_rows)
+    cls, noisy = inputs.membership.row_class[lo:hi], inputs.noise.noisy_dist[lo:hi]
+    order = block_row_order(cls, noisy)
+    if order is not None and order.size == 0:
+        return
+    x = store.read(rows=slice(lo, hi))
+    if order is not None:
+        x, cls, noisy = x[order], cls[order], noisy[order]
+    xt = backend.to_device(x)
+    xt = normalize_block(xt, source=source, first_row=lo) if order is None else \
+        _normalize_rows_named(xt, source, lo + order)
+    S = backend.scores(xt)
     try:
-        if ds.dim != probes.features.shape[1]:
-            raise DataError(f"{distractors_path}: distractor features have dimension {ds.dim} but the probes "
-                            f"({probes_path}) have {probes.features.shape[1]}; extract both with the same model")
-        _warn_if_models_differ(probes.meta, ds.meta, str(probes_path), str(distractors_path))
-        store_paths = ds.paths()
-        lists_sha: dict[str, str] = {}
-        if distractor_lists is not None:
-            files = distractor_list_files(distractor_lists, list_set)
-            if sizes:
-                files = {s: f for s, f in files.items() if s in sizes}
-                if not files:
-                    raise DataError(f"{distractor_lists}: no lists for the sizes {sizes}; sizes present: "
-                                    f"{sorted(distractor_list_files(distractor_lists, list_set))}")
-            lists = {s: read_distractor_list(f) for s, f in files.items()}
-            lists_sha = {f.name: _sha_or_none(f) for f in files.values()}
-            mem = membership_from_lists(store_paths, lists, str(distractor_lists))
-        else:
-            want = sorted(sizes or spec.sizes)
-            fit = [s for s in want if s <= ds.n]
-            if len(fit) < len(want):
-                warnings.warn(f"{distractors_path}: only {ds.n} distractors; sizes {[s for s in want if s > ds.n]} "
-                              "skipped", stacklevel=2)
-            if not fit:
-                raise DataError(f"{distractors_path}: {ds.n} distractors, fewer than the smallest size {want[0]}")
-            mem = membership_from_seed(ds.n, fit, seed)
+        acc.update(S, cls, noisy)
+    except ValueError as exc:
+        raise DataError(f"{source} rows {lo}:{hi}: {exc}") from None
 
-        # noise lists
-        noise: dict[str, Any] = {}
-        noisy_probe = np.zeros(len(probes.paths), bool)
-        noisy_dist = np.zeros(ds.n, bool)
-        if refine != "none" and use_noise_lists:
-            fs_path = Path(facescrub_noises) if facescrub_noises else spec.noise_path("facescrub")
-            mf_path = Path(megaface_noises) if megaface_noises else spec.noise_path("megaface")
-            fs_list, mf_list = read_noise_list(fs_path), read_noise_list(mf_path)
-            noisy_probe, fs_matched = match_facescrub_noise(probes.paths, fs_list)
-            used = np.flatnonzero(mem.row_class >= 0)
-            m_used, mf_matched = match_megaface_noise([store_paths[i] for i in used], mf_list)
-            noisy_dist[used[m_used]] = True
-            for what, matched, lst, p in (("facescrub", fs_matched, fs_list, fs_path),
-                                          ("megaface", mf_matched, mf_list, mf_path)):
-                if matched == 0:
-                    warnings.warn(f"{p}: none of its {len(lst)} entries matched the {what} images in use; "
-                                  "check that the lists and noise list come from the same data", NoiseMatchWarning,
-                                  stacklevel=2)
-            noise = {"facescrub_matched": fs_matched, "megaface_matched": mf_matched,
-                     "facescrub_entries": len(fs_list), "megaface_entries": len(mf_list),
-                     "n_noisy_probes": int(noisy_probe.sum()), "n_noisy_distractors": int(noisy_dist.sum()),
-                     "lists_sha256": {"facescrub": _sha_or_none(fs_path), "megaface": _sha_or_none(mf_path)},
-                     "files": {"facescrub": str(fs_path), "megaface": str(mf_path)},
-                     "attribution": spec.attribution}
-            if info.is_main:
-                echo(spec.attribution)
-        elif refine != "none":
-            refine = "none"
 
-        sample_scores = None
-        if dense_cut is None:  # a sample of impostor scores places the dense / candidate split
-            first = np.flatnonzero(mem.row_class >= 0)[:2048]
-            if first.size:
-                xs = normalize_block(torch.from_numpy(ds.read(rows=np.sort(first))), source=str(distractors_path))
-                sample_scores = (xs @ torch.from_numpy(probes.features).T).numpy()
-        stack = build_stack(probes, noisy_probe, refine, jitter_seed=jitter_seed,
-                            allow_singletons=allow_singletons, source=str(probes_path), cut=dense_cut,
-                            sample_scores=sample_scores)
-        n_max = int((mem.row_class >= 0).sum())
-        n_probe_max = max(p.cols.size for p in stack.plans)
-        k = max(spec.topk_min, math.ceil(spec.topk_fraction * n_probe_max * n_max))
-        acc = MegafaceAccumulator(stack.plans, mem.n_classes, k, HistSpec(spec.hist_bins))
-        be = make_backend(backend, stack.vectors, device)
+def stream_blocks(todo: list[int], process, *, done: list[int], save=None, max_blocks: int | None = None,
+                  checkpoint_seconds: float = 30.0, on_block=None, where: str = "") -> list[int]:
+    """Run ``process(b)`` for every block of ``todo``; returns ``done`` (extended in place).
 
-        fp_src = {"probes": _sha_or_none(probes_path), "distractors": ds.sha256(),
-                  "probe_list": _sha_or_none(probe_list), "distractor_lists": lists_sha,
-                  "noise": noise.get("lists_sha256"), "spec": spec.sha256 or repr(spec), "sizes": mem.sizes,
-                  "membership": mem.source, "seed": seed, "refine": refine, "ties": ties,
-                  "jitter_seed": jitter_seed, "block_rows": block_rows, "k": k, "hist_bins": spec.hist_bins,
-                  "backend": backend, "device": str(torch.device(device).type),
-                  "allow_singletons": allow_singletons, "world": info.world,
-                  "dense_cut": stack.info["dense_cut"]}
-        fingerprint = hashlib.sha256(json.dumps(fp_src, sort_keys=True).encode()).hexdigest()
-        timings["load"] = time.perf_counter() - t0
+    ``save(done)`` is called after a block when ``checkpoint_seconds`` have passed since the last save;
+    after ``max_blocks`` blocks the state is saved and :class:`MegabenchError` raised (an interruption).
+    """
+    last_save = time.perf_counter()
+    for count, b in enumerate(todo):
+        if max_blocks is not None and count >= max_blocks:
+            if save is not None:
+                save(done)
+            raise MegabenchError(f"stopped after {max_blocks} blocks (max_blocks); state in {where}; "
+                                 "run again with --resume")
+        process(b)
+        done.append(b)
+        if save is not None and time.perf_counter() - last_save >= checkpoint_seconds:
+            save(done)
+            last_save = time.perf_counter()
+        if on_block is not None:
+            on_block()
+    return done
 
-        n_blocks = -(-ds.n // block_rows)
-        mine = [b for b in range(n_blocks) if b % info.world == info.rank]
-        done: list[int] = []
-        state = Path(state_path) if state_path else None
-        if state is not None and info.world > 1:
-            state = state.with_name(f"{state.name}.rank{info.rank}")
-        if resume:
-            if state is None:
-                raise MegabenchError("--resume needs a state file (--state PATH or --out)")
-            if state.exists():
-                done = _load_state(state, fingerprint, acc)
-                if info.is_main:
-                    echo(f"resuming from {state}: {len(done)} of {len(mine)} blocks done")
-        todo = [b for b in mine if b not in set(done)]
 
-        t1 = last_save = time.perf_counter()
-        bar = tqdm(total=len(mine), initial=len(done), unit="block", desc="megaface", disable=not progress)
-        for count, b in enumerate(todo):
-            if max_blocks is not None and count >= max_blocks:
-                bar.close()
-                raise MegabenchError(f"stopped after {max_blocks} blocks (max_blocks); state in {state}; "
-                                     "run again with --resume")
-            lo, hi = b * block_rows, min(ds.n, (b + 1) * block_rows)
-            cls = mem.row_class[lo:hi]
-            sort_key = cls * 2 + noisy_dist[lo:hi]
-            if cls.min() < 0 or np.any(np.diff(sort_key) < 0):
-                order = np.flatnonzero(cls >= 0)
-                order = order[np.argsort(sort_key[order], kind="stable")]
-            else:
-                order = None
-            if order is not None and order.size == 0:
-                done.append(b)
-                bar.update(1)
-                continue
-            x = ds.read(rows=slice(lo, hi))
-            if order is not None:
-                x = x[order]
-                rows_cls, rows_noisy = cls[order], noisy_dist[lo:hi][order]
-            else:
-                rows_cls, rows_noisy = cls, noisy_dist[lo:hi]
-            xt = be.to_device(x)
-            xt = normalize_block(xt, source=str(distractors_path), first_row=lo) if order is None else \
-                _normalize_rows_named(xt, str(distractors_path), lo + order)
-            S = be.scores(xt)
-            try:
-                acc.update(S, rows_cls, rows_noisy)
-            except ValueError as exc:
-                raise DataError(f"{distractors_path} rows {lo}:{hi}: {exc}") from None
-            del S, xt
-            done.append(b)
-            if state is not None and time.perf_counter() - last_save >= checkpoint_seconds:
-                _save_state(state, fingerprint, done, acc)
-                last_save = time.perf_counter()
-            bar.update(1)
-        bar.close()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        timings["stream"] = time.perf_counter() - t1
+def stream_pass(inputs: MegafaceInputs, stack: Stack, acc, opts: MegafaceOptions, info, fingerprint: str,
+                echo) -> None:
+    """The pass over this rank's distractor blocks, resuming from / checkpointing to its state file."""
+    from tqdm import tqdm
+
+    from megabench.metrics.search import make_backend
+
+    mine = schedule_blocks(inputs.store.n, opts.block_rows, info.rank, info.world)
+    state = ResumeState(rank_state_path(opts.state, info.rank, info.world), fingerprint) if opts.state else None
+    done: list[int] = []
+    if opts.resume and state is not None and state.path.exists():
+        done = state.load(acc)
+        if info.is_main:
+            echo(f"resuming from {state.path}: {len(done)} of {len(mine)} blocks done")
+    finished = set(done)
+    todo = [b for b in mine if b not in finished]
+    be = make_backend(opts.backend, stack.vectors, opts.device)
+    bar = tqdm(total=len(mine), initial=len(done), unit="block", desc="megaface",
+               disable=not (opts.progress and info.is_main))
+    try:
+        stream_blocks(todo, lambda b: score_block(b, inputs, opts.block_rows, be, acc), done=done,
+                      save=(lambda d: state.save(d, acc)) if state is not None else None,
+                      max_blocks=opts.max_blocks, checkpoint_seconds=opts.checkpoint_seconds,
+                      on_block=lambda: bar.update(1), where=str(state.path) if state else "nowhere")
     finally:
-        ds.close()
+        bar.close()
+    if opts.device.startswith("cuda"):
+        import torch
 
-    if info.world > 1:
-        gathered = all_gather_arrays(acc.state_arrays(), info)
-        if not info.is_main:
-            return None
-        from megabench.metrics.streaming import MegafaceAccumulator as _Acc
+        torch.cuda.synchronize()
 
-        total = _Acc(stack.plans, mem.n_classes, k, HistSpec(spec.hist_bins))
-        for arrays in gathered:
-            part = _Acc(stack.plans, mem.n_classes, k, HistSpec(spec.hist_bins))
-            part.load_state_arrays(arrays)
-            total.merge(part)
-        acc = total
 
-    t2 = time.perf_counter()
-    variants = {p.name: compute_variant(acc, p, mem, spec, ties, noisy_dist) for p in stack.plans}
-    timings["compute"] = time.perf_counter() - t2
-    timings["total"] = time.perf_counter() - t0
+# --- gather -----------------------------------------------------------------------------------------
+def gather_accumulators(acc, new_accumulator, info):
+    """Merge every rank's accumulator on rank 0 (in rank order); None on the other ranks.
 
+    ``new_accumulator()`` makes an empty accumulator of the same plans. One process: ``acc`` itself.
+    """
+    if info.world <= 1:
+        return acc
+    from megabench.engine.distributed import all_gather_arrays
+
+    gathered = all_gather_arrays(acc.state_arrays(), info)
+    if not info.is_main:
+        return None
+    total = new_accumulator()
+    for arrays in gathered:
+        part = new_accumulator()
+        part.load_state_arrays(arrays)
+        total.merge(part)
+    return total
+
+
+# --- result -----------------------------------------------------------------------------------------
+def assemble_result(spec: MegafaceSpec, opts: MegafaceOptions, inputs: MegafaceInputs, stack: Stack,
+                    variants: dict, fp: tuple[str, dict], k: int, world: int, timings: dict) -> dict[str, Any]:
+    """The result dict (kind ``"megaface"``; see the module docstring) with provenance."""
     from megabench.results import new_result
 
-    result = new_result(
+    fingerprint, src = fp
+    probes, mem = inputs.probes, inputs.membership
+    return new_result(
         "megaface",
-        device=device,
+        device=opts.device,
         model={"name": probes.meta.model or None, "checkpoint_sha256": probes.meta.checkpoint_sha256 or None,
                "preprocessing": probes.meta.preprocessing},
         protocol={"name": spec.name, "version": spec.version, "sha256": spec.sha256, "source": spec.source,
-                  "variant": {"refine": refine, "ties": ties, "jitter_seed": jitter_seed},
+                  "variant": {"refine": opts.refine, "ties": opts.ties, "jitter_seed": opts.jitter_seed},
                   "genuine_pairs": "unordered i<j (verification); ordered i!=j (identification)",
                   "roc": "exact where `exact` is true (top-K impostors), histogram-resolved elsewhere"},
-        input={"probes": {"path": str(probes_path), "sha256": fp_src["probes"], "n": len(probes.paths)},
-               "distractors": {"path": str(distractors_path), "sha256": fp_src["distractors"], "n_store": ds.n},
-               "probe_list": {"path": str(probe_list) if probe_list else None, "sha256": fp_src["probe_list"]},
-               "distractor_lists": {"path": str(distractor_lists) if distractor_lists else None,
-                                    "sha256": lists_sha, "membership": mem.source},
-               "sizes": mem.sizes, "seed": seed if mem.source != "lists" else None,
-               "backend": backend, "block_rows": block_rows, "topk": k, "hist_bins": spec.hist_bins,
-               "world_size": info.world, "fingerprint": fingerprint,
+        input={"probes": {"path": str(opts.probes), "sha256": src["probes"], "n": len(probes.paths)},
+               "distractors": {"path": str(opts.distractors), "sha256": src["distractors"],
+                               "n_store": inputs.store.n},
+               "probe_list": {"path": str(opts.probe_list) if opts.probe_list else None,
+                              "sha256": src["probe_list"]},
+               "distractor_lists": {"path": str(opts.distractor_lists) if opts.distractor_lists else None,
+                                    "sha256": inputs.lists_sha, "membership": mem.source},
+               "sizes": mem.sizes, "seed": opts.seed if mem.source != "lists" else None,
+               "backend": opts.backend, "kernel": opts.kernel, "block_rows": opts.block_rows, "topk": k,
+               "hist_bins": spec.hist_bins, "world_size": world, "fingerprint": fingerprint,
                "skipped_singletons": stack.info["skipped_singletons"]},
         variants=variants,
-        noise=noise,
+        noise=inputs.noise.report,
         timings=timings,
     )
-    return result
+
+
+# --- outputs never over inputs ---------------------------------------------------------------------
+def _same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_writable(path: str | os.PathLike, what: str, *, folder: bool = False) -> None:
+    """:class:`MegabenchError` unless ``path`` (a file, or a folder with ``folder``) can be written:
+    tried with a temporary file in its nearest existing folder (which is removed again)."""
+    import tempfile
+
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        kind = "a folder" if path.is_dir() else "a file"
+        raise MegabenchError(f"{path}: {what} is {kind}; give a {'folder' if folder else 'file'} path")
+    probe = path if folder else path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise MegabenchError(f"{path}: {what} cannot be created ({probe} is not a folder)")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".megabench-write-check.", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise MegabenchError(f"{path}: {what} is not writable ({exc.strerror or exc}); choose a writable "
+                             "place before the pass is run") from None
+
+
+def check_outputs(spec: MegafaceSpec, opts: MegafaceOptions, *, out: PathArg = None,
+                  devkit_json: PathArg = None) -> None:
+    """Before any work: no output (``out``, ``opts.state``, ``devkit_json``) is an input of the run or
+    another output, each can be written, and ``state`` is absent or a megabench resume state."""
+    outputs = {k: Path(v) for k, v in (("--out", out), ("--state", opts.state), ("--devkit-json", devkit_json))
+               if v is not None}
+    inputs = opts.input_files(spec)
+    for oname, opath in outputs.items():
+        for iname, ipath in inputs.items():
+            if _same_path(opath, ipath):
+                raise MegabenchError(f"{opath}: {oname} is the run's input {iname}; refusing to write over an "
+                                     f"input: choose another {oname}")
+    names = list(outputs)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if _same_path(outputs[a], outputs[b]):
+                raise MegabenchError(f"{outputs[a]}: {a} and {b} name the same path; give them different paths")
+    for oname, opath in outputs.items():
+        check_writable(opath, oname, folder=oname == "--devkit-json")
+    if opts.state is not None:
+        check_state_target(opts.state)
+
+
+# --- the run ----------------------------------------------------------------------------------------
+def prepare_stack(spec: MegafaceSpec, opts: MegafaceOptions, inputs: MegafaceInputs) -> Stack:
+    """The probe stack and variant plans of a run (see :func:`build_stack`)."""
+    return build_stack(inputs.probes, inputs.noise.noisy_probe, opts.refine, jitter_seed=opts.jitter_seed,
+                       allow_singletons=opts.allow_singletons, source=str(opts.probes), cut=opts.dense_cut,
+                       sample_scores=inputs.sample_scores if opts.dense_cut is None else None)
+
+
+def run_megaface(spec: MegafaceSpec, options: MegafaceOptions, *, dist_info=None, echo=None) -> dict[str, Any] | None:
+    """Run the protocol; returns the result dict on rank 0 (None on the other ranks).
+
+    ``dist_info``: :class:`~megabench.engine.distributed.DistInfo` (default: one process): rank ``r`` streams
+    the blocks ``b % world == r`` and rank 0 merges. ``echo``: where the one-line notices go (default print).
+    """
+    from megabench.engine.distributed import DistInfo
+
+    info = dist_info or DistInfo()
+    echo = echo or print
+    opts = options.resolved(spec)
+    if opts.probes is None or opts.distractors is None:
+        raise MegabenchError("megaface needs --probes and --distractors feature stores (or --synthetic N)")
+    check_device(opts.device)
+    if opts.state is not None:
+        check_state_target(rank_state_path(opts.state, info.rank, info.world))
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    inputs = load_inputs(spec, opts)
+    try:
+        if inputs.noise.report and info.is_main:
+            echo(spec.attribution)
+        stack = prepare_stack(spec, opts, inputs)
+        mem = inputs.membership
+        k = topk_size(spec, max(p.cols.size for p in stack.plans), int((mem.row_class >= 0).sum()))
+
+        def new_accumulator():
+            return make_accumulator(stack.plans, mem.n_classes, k, spec, opts.kernel)
+
+        acc = new_accumulator()
+        fp = run_fingerprint(spec, opts, inputs, stack, k, info.world)
+        timings["load"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        stream_pass(inputs, stack, acc, opts, info, fp[0], echo)
+        timings["stream"] = time.perf_counter() - t1
+    finally:
+        inputs.close()
+    acc = gather_accumulators(acc, new_accumulator, info)
+    if acc is None:
+        return None
+    t2 = time.perf_counter()
+    variants = {p.name: compute_variant(acc, p, mem, spec, opts.ties, inputs.noise.noisy_dist) for p in stack.plans}
+    timings["compute"] = time.perf_counter() - t2
+    timings["total"] = time.perf_counter() - t0
+    return assemble_result(spec, opts, inputs, stack, variants, fp, k, info.world, timings)
+
 
 
 def _normalize_rows_named(xt, source: str, store_rows: np.ndarray):

@@ -10,14 +10,20 @@ Vocabulary
 - A *class*: the set of distractor sizes a distractor belongs to (nested sizes: one class per size
   increment). Every count is kept per class; a size sums the classes it contains.
 
-A score block is a float32 tensor ``S`` of shape ``(B, n_stack)`` (rows = distractors, any device)
-whose rows are sorted by class. :meth:`MegafaceAccumulator.update` adds, per variant and class:
-- ``rank_diff``: difference array over the variant's sorted trials: a distractor scoring ``s >= g``
+A score block is a float32 tensor ``S`` of shape ``(B, n_stack)`` (rows = distractors, any device,
+in any order; each row has a class, -1 for none, and a noisy flag). :meth:`MegafaceAccumulator.update`
+adds, per variant and class, to the fields declared in :class:`VariantState` (reduction in brackets):
+- ``rank_diff`` (sum): difference array over the variant's sorted trials: a distractor scoring ``s >= g``
   for trial keys up to ``key(s)`` adds one to every trial of that probe with ``g <= s``;
-- ``tie_diff``: the same for ``s == g`` (ties);
-- ``top``: the largest ``k`` impostor scores (values, sorted descending);
-- ``hist``: impostor histogram (int64) over ``[lo, hi)`` with ``n_bins`` bins;
-- ``n_imp``: number of impostor scores (N), masked ones included.
+- ``tie_diff`` (sum): the same for ``s == g`` (ties);
+- ``low_ge`` / ``low_eq`` (sum): exact ``#{s >= g}`` / ``#{s == g}`` of the low trials (below ``cut``);
+- ``top`` (topk): the largest ``k`` impostor scores (values, sorted descending);
+- ``hist`` (sum): impostor histogram (int64) over ``[lo, hi)`` with ``n_bins`` bins;
+- ``n_imp`` (sum): number of impostor scores (N), masked ones included.
+
+The per-block work is done by a kernel: :mod:`megabench.metrics.kernels_torch` (the reference: several
+torch passes over the block, rows ordered by (class, noisy) first, CPU or CUDA) or
+:mod:`megabench.metrics.kernels_numba` (one fused pass, CPU, any row order). Both give the same state.
 
 Memory: O(B x n_stack) for the block plus O(classes x (trials + K + bins)). Counts are integers and
 top-K values are exact, so :meth:`merge` of shards equals one pass over everything, bit for bit.
@@ -26,6 +32,7 @@ top-K values are exact, so :meth:`merge` of shards equals one pass over everythi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
@@ -121,208 +128,216 @@ def trial_keys(cols: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return (np.asarray(cols, dtype=np.int64) << 32) | order_key(scores)
 
 
-TILE_ROWS = 32
+def merge_top(top: np.ndarray, new: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` largest of ``top`` and ``new`` (float32), sorted descending."""
+    if new.size == 0:
+        return top
+    v = np.concatenate([top, new.astype(np.float32, copy=False)])
+    if v.size > k:
+        v = np.partition(v, v.size - k)[v.size - k:]
+    return -np.sort(-v)
 
 
-def _above(sub, thr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, cols, values) as numpy arrays of ``sub >= thr`` (thr: float32 per column; -inf: all),
-    found through the maxima of 32-row tiles first.
+@dataclass(frozen=True)
+class StateField:
+    """A declared piece of per-variant state: ``reduce`` says how two shards combine.
 
-    Almost no tile reaches the thresholds, so one cheap reduction replaces a full compare + nonzero.
-    On CPU the sparse steps run in numpy (``np.flatnonzero`` is much faster than ``torch.nonzero``).
+    ``sum``: an int64 array added elementwise. ``topk``: one descending float32 array per class, two
+    shards combined by keeping the ``k`` largest. ``sparse``: saved as (flat index, value) of its non-zeros.
     """
-    import torch
 
-    n_rows, n_cols = sub.shape
-    thr = np.asarray(thr, np.float32)
-    if sub.device.type != "cpu":
-        t = torch.as_tensor(thr, device=sub.device)
-        ri, ci = torch.nonzero(sub >= t, as_tuple=True)
-        return (ri.cpu().numpy().astype(np.int64), ci.cpu().numpy().astype(np.int64), sub[ri, ci].cpu().numpy())
-    x = sub.numpy()
-    full = 0 if np.all(thr == -np.inf) else n_rows - n_rows % TILE_ROWS  # all candidates: skip the tiles
-    rows_l, cols_l, vals_l = [], [], []
-    if full:
-        tmax = sub[:full].view(full // TILE_ROWS, TILE_ROWS, n_cols).amax(dim=1).numpy()
-        flat = np.flatnonzero(tmax >= thr[None, :])
-        if flat.size:
-            ti, ci = np.divmod(flat, n_cols)
-            rows = ti[:, None] * TILE_ROWS + np.arange(TILE_ROWS)[None, :]
-            v = x[rows, ci[:, None]]
-            hit = np.flatnonzero(v >= thr[ci][:, None])
-            k, r = np.divmod(hit, TILE_ROWS)
-            rows_l.append(rows[k, r])
-            cols_l.append(ci[k])
-            vals_l.append(v[k, r])
-    if full < n_rows:
-        rest = x[full:]
-        flat = np.flatnonzero(rest >= thr[None, :])
-        r, c = np.divmod(flat, n_cols)
-        rows_l.append(r + full)
-        cols_l.append(c)
-        vals_l.append(rest[r, c])
-    if not rows_l:
-        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
-    return (np.concatenate(rows_l).astype(np.int64), np.concatenate(cols_l).astype(np.int64),
-            np.concatenate(vals_l).astype(np.float32))
+    name: str
+    reduce: Literal["sum", "topk"]
+    sparse: bool = False
 
 
-def _columns(x, idx: np.ndarray):
-    """``x[:, idx]``: a slice view when ``idx`` is one contiguous ascending run, else a gather."""
-    import torch
+class VariantState:
+    """One variant's state: arrays declared with :meth:`add_state` (torchmetrics' shape, our own code).
 
-    if idx.size and idx[-1] - idx[0] + 1 == idx.size and np.all(np.diff(idx) == 1):
-        return x[:, int(idx[0]):int(idx[-1]) + 1]
-    return x.index_select(1, torch.as_tensor(idx, device=x.device))
+    Indexing (``state["hist"]``) reads or replaces a field's value; :meth:`merge`, :meth:`to_arrays`
+    and :meth:`load_arrays` work from the declarations, so a new field needs one ``add_state`` line.
+    """
+
+    def __init__(self, k: int) -> None:
+        self.k = int(k)
+        self.fields: dict[str, StateField] = {}
+        self._values: dict[str, Any] = {}
+
+    def add_state(self, name: str, default, reduce: Literal["sum", "topk"] = "sum", *, sparse: bool = False) -> None:
+        """Declare ``name`` with its initial value (an int64 array for sum, a list of per-class arrays for topk)."""
+        if reduce not in ("sum", "topk"):
+            raise ValueError(f"reduce must be 'sum' or 'topk', not {reduce!r}")
+        if name in self.fields:
+            raise ValueError(f"state field {name!r} declared twice")
+        self.fields[name] = StateField(name, reduce, sparse)
+        self._values[name] = default
+
+    def __getitem__(self, name: str):
+        return self._values[name]
+
+    def __setitem__(self, name: str, value) -> None:
+        if name not in self.fields:
+            raise KeyError(f"undeclared state field {name!r}")
+        self._values[name] = value
+
+    def merge(self, other: VariantState) -> None:
+        """Combine ``other`` into this state, field by field, by each field's reduction."""
+        for name, f in self.fields.items():
+            if f.reduce == "sum":
+                self._values[name] += other[name]
+            else:
+                self._values[name] = [merge_top(a, b, self.k) for a, b in zip(self[name], other[name], strict=True)]
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """Flat ``{prefix/field...: array}`` (sparse fields as ``/idx`` + ``/val``, topk as ``_len`` + values)."""
+        out: dict[str, np.ndarray] = {}
+        for name, f in self.fields.items():
+            v = self._values[name]
+            if f.reduce == "topk":
+                out[f"{prefix}/{name}_len"] = np.array([t.size for t in v], np.int64)
+                out[f"{prefix}/{name}"] = np.concatenate(v) if v else np.empty(0, np.float32)
+            elif f.sparse:
+                flat = v.reshape(-1)
+                nz = np.flatnonzero(flat)
+                out[f"{prefix}/{name}/idx"] = nz.astype(np.int64)
+                out[f"{prefix}/{name}/val"] = flat[nz]
+            else:
+                out[f"{prefix}/{name}"] = v.reshape(-1).copy()
+        return out
+
+    def load_arrays(self, prefix: str, arrays: dict[str, np.ndarray]) -> None:
+        """Replace every field by its :meth:`to_arrays` encoding (shapes from the declarations)."""
+        for name, f in self.fields.items():
+            v = self._values[name]
+            if f.reduce == "topk":
+                lens = np.asarray(arrays[f"{prefix}/{name}_len"], np.int64)
+                if lens.size != len(v):
+                    raise ValueError(f"{prefix}/{name}: {lens.size} classes, expected {len(v)}")
+                cuts = np.concatenate([[0], np.cumsum(lens)])
+                top = np.asarray(arrays[f"{prefix}/{name}"], np.float32)
+                self._values[name] = [top[cuts[i]:cuts[i + 1]].copy() for i in range(lens.size)]
+            elif f.sparse:
+                flat = np.zeros(v.size, np.int64)
+                flat[arrays[f"{prefix}/{name}/idx"]] = arrays[f"{prefix}/{name}/val"]
+                self._values[name] = flat.reshape(v.shape)
+            else:
+                self._values[name] = np.asarray(arrays[f"{prefix}/{name}"], np.int64).reshape(v.shape).copy()
+
+
+#: block kernels: ``fused`` (numba, CPU), ``torch`` (the reference, CPU or CUDA), ``auto`` (fused where it can)
+KERNELS = ("auto", "fused", "torch")
+
+
+def numba_available() -> bool:
+    """True when the fused kernel's module (and so numba) imports."""
+    try:
+        import megabench.metrics.kernels_numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_kernel(kernel: str = "auto", device: str = "cpu") -> str:
+    """The kernel a run uses: ``auto`` -> ``fused`` when numba imports and ``device`` is the CPU, else ``torch``.
+
+    ``fused`` without numba, or on a non-CPU device, is a :class:`MegabenchError`.
+    """
+    from megabench.errors import MegabenchError
+
+    if kernel not in KERNELS:
+        raise MegabenchError(f"kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
+    on_cpu = str(device).split(":")[0] == "cpu"
+    if kernel == "torch" or (kernel == "auto" and not on_cpu):
+        return "torch"
+    if not on_cpu:
+        raise MegabenchError(f"the fused kernel runs on the CPU only (device {device}); use --kernel torch or auto")
+    if numba_available():
+        return "fused"
+    if kernel == "fused":
+        raise MegabenchError("the fused kernel needs numba (pip install numba); or use --kernel torch")
+    return "torch"
+
+
+def _make_kernel(name: str, acc: MegafaceAccumulator):
+    if name == "fused":
+        from megabench.metrics.kernels_numba import FusedKernel
+
+        return FusedKernel(acc)
+    from megabench.metrics.kernels_torch import TorchKernel
+
+    return TorchKernel()
+
+
+def block_row_order(row_class: np.ndarray, row_noisy: np.ndarray) -> np.ndarray | None:
+    """Row order that sorts a block by (class, noisy) and drops unused rows (class < 0); None: already so."""
+    sort_key = row_class * 2 + row_noisy
+    if (row_class.size == 0 or row_class.min() >= 0) and not np.any(np.diff(sort_key) < 0):
+        return None
+    order = np.flatnonzero(row_class >= 0)
+    return order[np.argsort(sort_key[order], kind="stable")]
 
 
 class MegafaceAccumulator:
-    """update / merge / compute for the streaming MegaFace pass (see module docstring)."""
+    """update / merge / compute for the streaming MegaFace pass (see module docstring).
 
-    def __init__(self, plans: list[VariantPlan], n_classes: int, k: int, hist: HistSpec | None = None) -> None:
+    ``kernel``: ``auto`` (fused where numba imports and ``device`` is the CPU), ``fused`` or ``torch``
+    (:func:`resolve_kernel`); :attr:`kernel_name` is the one in use. Every kernel gives the same state, bit
+    for bit. ``device``: where the score blocks will live (only used to resolve ``auto``).
+    """
+
+    def __init__(self, plans: list[VariantPlan], n_classes: int, k: int, hist: HistSpec | None = None,
+                 kernel: str = "auto", device: str = "cpu") -> None:
         self.plans = plans
         self.n_classes = int(n_classes)
         self.k = int(k)
         self.hist_spec = hist or HistSpec()
+        self.requested_kernel = kernel
+        self.kernel_name = resolve_kernel(kernel, device)
         c = self.n_classes
-        self.state: dict[str, dict[str, object]] = {}
+        self.state: dict[str, VariantState] = {}
         for p in plans:
-            self.state[p.name] = {
-                "rank_diff": np.zeros((c, p.n_trials + 1), np.int64),
-                "tie_diff": np.zeros((c, p.n_trials + 1), np.int64),
-                "hist": np.zeros((c, self.hist_spec.n_bins), np.int64),
-                "n_imp": np.zeros(c, np.int64),
-                "top": [np.empty(0, np.float32) for _ in range(c)],
-                "low_ge": np.zeros((c, p.low_pos.size), np.int64),
-                "low_eq": np.zeros((c, p.low_pos.size), np.int64),
-            }
+            st = VariantState(self.k)
+            st.add_state("rank_diff", np.zeros((c, p.n_trials + 1), np.int64), "sum", sparse=True)
+            st.add_state("tie_diff", np.zeros((c, p.n_trials + 1), np.int64), "sum", sparse=True)
+            st.add_state("hist", np.zeros((c, self.hist_spec.n_bins), np.int64), "sum", sparse=True)
+            st.add_state("n_imp", np.zeros(c, np.int64), "sum")
+            st.add_state("low_ge", np.zeros((c, p.low_pos.size), np.int64), "sum")
+            st.add_state("low_eq", np.zeros((c, p.low_pos.size), np.int64), "sum")
+            st.add_state("top", [np.empty(0, np.float32) for _ in range(c)], "topk")
+            self.state[p.name] = st
         thr = np.stack([p.thr for p in plans]).min(axis=0) if plans else np.empty(0, np.float32)
         self.t_rank = thr.astype(np.float32)
+        self._zero_hist: np.ndarray | None = None
+        self._kernel = _make_kernel(self.kernel_name, self)
+        self._torch_kernel = None
 
-    # --- helpers ------------------------------------------------------------------------------
-    def _hist(self, x) -> np.ndarray:
-        """int64 histogram of a float32 tensor (chunked so every float32 bin count stays exact).
+    # --- helpers used by the kernels ----------------------------------------------------------
+    @property
+    def zero_hist(self) -> np.ndarray:
+        """The histogram of one score 0.0 (the bin a ``zero`` noisy distractor's scores fall in)."""
+        if self._zero_hist is None:
+            import torch
 
-        Small inputs run single-threaded on the CPU (torch.histc's per-thread buffers cost ~40 ms
-        per call with 2^20 bins); the binning is the same function either way.
-        """
-        import torch
+            from megabench.metrics.kernels_torch import histogram
 
-        hs = self.hist_spec
-        out = np.zeros(hs.n_bins, np.int64)
-        flat = x.reshape(-1)
-        if flat.numel() == 0:
-            return out
-        small = flat.numel() < (1 << 22) and flat.device.type == "cpu"
-        n_threads = torch.get_num_threads()
-        if small:
-            torch.set_num_threads(1)
-        try:
-            step = 1 << 24
-            for lo in range(0, flat.numel(), step):
-                h = torch.histc(flat[lo:lo + step], bins=hs.n_bins, min=hs.lo, max=hs.hi)
-                out += h.to(torch.int64).cpu().numpy()
-        finally:
-            if small:
-                torch.set_num_threads(n_threads)
-        return out
+            self._zero_hist = histogram(torch.zeros(1), self.hist_spec)
+        return self._zero_hist
 
-    def _merge_top(self, top: np.ndarray, new: np.ndarray) -> np.ndarray:
-        if new.size == 0:
-            return top
-        v = np.concatenate([top, new.astype(np.float32, copy=False)])
-        if v.size > self.k:
-            v = np.partition(v, v.size - self.k)[v.size - self.k:]
-        return -np.sort(-v)
-
-    def _floor(self, cls: int) -> float:
+    def floor(self, cls: int) -> float:
         """The lowest top-K floor over the variants for a class (-inf while a buffer is not full)."""
         tops = [self.state[p.name]["top"][cls] for p in self.plans]
         return min((float(t[-1]) if t.size >= self.k else -np.inf) for t in tops)
 
-    # --- update -------------------------------------------------------------------------------
-    def update(self, S, row_class: np.ndarray, row_noisy: np.ndarray) -> None:
-        """Add one score block.
+    def fill_rows(self) -> int:
+        """Clean rows that fill every variant's top-K buffer of a class (plus one)."""
+        min_cols = min(max(1, p.cols.size) for p in self.plans)
+        return -(-self.k // min_cols) + 1
 
-        ``S``: float32 tensor (B, n_stack), any device. ``row_class``: int (B,) class ids in
-        ``[0, n_classes)``, non-decreasing; ``row_noisy``: bool (B,), within each class the noisy rows
-        come last (sort rows by ``(class, noisy)``).
+    def add_top(self, rows, cols, vals, row_noisy, n_noisy_rows: int, cls: int) -> None:
+        """Merge top-K candidates (every score > the class floor among ``rows``) of class ``cls``.
+
+        ``n_noisy_rows``: noisy rows scanned (a ``zero`` variant's scores 0 for them join its candidates).
         """
-        import torch
-
-        row_class = np.asarray(row_class, dtype=np.int64)
-        row_noisy = np.asarray(row_noisy, dtype=bool)
-        if S.shape[0] != row_class.size or S.shape[1] != self.t_rank.size or row_noisy.size != row_class.size:
-            raise ValueError(f"score block {tuple(S.shape)} does not match rows {row_class.size} / "
-                             f"stack {self.t_rank.size}")
-        if S.shape[0] == 0:
-            return
-        order_key_rows = row_class * 2 + row_noisy
-        if np.any(np.diff(order_key_rows) < 0):
-            raise ValueError("score block rows must be sorted by (class, noisy)")
-        bounds = np.flatnonzero(np.diff(row_class)) + 1
-        starts = np.concatenate([[0], bounds]).tolist()
-        stops = np.concatenate([bounds, [row_class.size]]).tolist()
-        hs = self.hist_spec
-        if not hasattr(self, "_zero_hist"):
-            self._zero_hist = self._hist(torch.zeros(1))
-        zero_hist = self._zero_hist
-        rank_parts = []
-        for a, b in zip(starts, stops, strict=True):
-            cls = int(row_class[a])
-            m = a + int((~row_noisy[a:b]).sum())  # clean rows [a, m), noisy rows [m, b)
-            clean = S[a:m]
-            h_clean = self._hist(clean)
-            if h_clean.sum() != clean.numel():
-                raise ValueError(f"{clean.numel() - int(h_clean.sum())} scores are NaN or outside "
-                                 f"[{hs.lo:.4f}, {hs.hi:.4f}]; features must be finite and L2-normalised")
-            for p in self.plans:
-                st = self.state[p.name]
-                h = h_clean.copy()
-                if p.excluded.size and m > a:
-                    h -= self._hist(_columns(clean, p.excluded))
-                n_noisy = b - m
-                if n_noisy:
-                    if p.noise_mode == "keep":
-                        h += self._hist(_columns(S[m:b], p.cols))
-                    elif p.noise_mode == "zero":
-                        h += zero_hist * (n_noisy * p.cols.size)
-                st["hist"][cls] += h
-                st["n_imp"][cls] += (b - a - (n_noisy if p.noise_mode == "drop" else 0)) * p.cols.size
-            rank_parts.append(self._scan_segment(S, a, b, cls, row_noisy))
-        rows = np.concatenate([r[0] for r in rank_parts])
-        cols = np.concatenate([r[1] for r in rank_parts])
-        vals = np.concatenate([r[2] for r in rank_parts])
-        self._update_ranks(rows, cols, vals, row_class, row_noisy)
-        self._update_low(S, starts, stops, row_class, row_noisy)
-
-    def _scan_segment(self, S, a: int, b: int, cls: int, row_noisy: np.ndarray):
-        """One compare pass over rows [a, b): top-K candidates (> floor) and rank candidates (>= thr).
-
-        Rows go in chunks that double in size so the top-K floor rises between them; while a buffer
-        is not full its first rows are taken whole. Returns the rank candidates (rows, cols, values).
-        """
-        out_r, out_c, out_v = [], [], []
-        lo, step = a, b - a  # steady state: one pass over the segment
-        floor = self._floor(cls)
-        if floor == -np.inf:
-            min_cols = min(max(1, p.cols.size) for p in self.plans)
-            step = -(-self.k // min_cols) + int(row_noisy[a:b].sum()) + 1
-        while lo < b:
-            hi = min(b, lo + step)
-            rows, cols, vals = _above(S[lo:hi], np.minimum(self.t_rank, np.float32(floor)))
-            rows += lo
-            is_top = vals > floor
-            self._add_top(rows[is_top], cols[is_top], vals[is_top], row_noisy, int(row_noisy[lo:hi].sum()), cls)
-            is_rank = vals >= self.t_rank[cols]
-            out_r.append(rows[is_rank])
-            out_c.append(cols[is_rank])
-            out_v.append(vals[is_rank])
-            floor = self._floor(cls)
-            lo, step = hi, max(64, step * 2)
-        return np.concatenate(out_r), np.concatenate(out_c), np.concatenate(out_v)
-
-    def _add_top(self, rows, cols, vals, row_noisy, n_noisy_rows: int, cls: int) -> None:
         for p in self.plans:
             st = self.state[p.name]
             keep = p.in_v[cols]
@@ -331,61 +346,66 @@ class MegafaceAccumulator:
             new = vals[keep]
             if p.noise_mode == "zero" and n_noisy_rows:
                 new = np.concatenate([new, np.zeros(min(self.k, n_noisy_rows * p.cols.size), np.float32)])
-            st["top"][cls] = self._merge_top(st["top"][cls], new)
+            st["top"][cls] = merge_top(st["top"][cls], new, self.k)
 
-    def _update_low(self, S, starts, stops, row_class: np.ndarray, row_noisy: np.ndarray) -> None:
-        """Exact counts for the low trials from every distractor of the block.
+    # --- update -------------------------------------------------------------------------------
+    def update(self, S, row_class: np.ndarray, row_noisy: np.ndarray) -> None:
+        """Add one score block.
 
-        Columns with one low trial: ``sum(x >= g)`` and ``sum(x == g)`` over the column. Columns with
-        several: sort the column once and ``searchsorted`` its low genuine scores into it.
+        ``S``: float32 tensor (B, n_stack), any device. ``row_class``: int (B,) class ids in
+        ``[0, n_classes)``, or -1 for a row that belongs to no size (ignored); ``row_noisy``: bool (B,).
+        Rows may come in any order: the accumulator orders them as its kernel needs.
         """
-        import torch
+        row_class = np.asarray(row_class, dtype=np.int64).reshape(-1)
+        row_noisy = np.asarray(row_noisy, dtype=bool).reshape(-1)
+        if S.shape[0] != row_class.size or S.shape[1] != self.t_rank.size or row_noisy.size != row_class.size:
+            raise ValueError(f"score block {tuple(S.shape)} does not match rows {row_class.size} / "
+                             f"stack {self.t_rank.size}")
+        if row_class.size and row_class.max() >= self.n_classes:
+            raise ValueError(f"row class {int(row_class.max())} outside [0, {self.n_classes})")
+        kernel = self._kernel
+        if kernel.name == "fused" and S.device.type != "cpu":
+            if self.requested_kernel == "fused":
+                from megabench.errors import MegabenchError
 
-        dev = S.device
+                raise MegabenchError(f"the fused kernel runs on the CPU only (block on {S.device}); use --kernel "
+                                     "torch or auto")
+            kernel = self._torch_fallback()
+        if kernel.needs_sorted_rows:
+            order = block_row_order(row_class, row_noisy)
+            if order is not None:
+                import torch
+
+                S = S.index_select(0, torch.as_tensor(order, device=S.device))
+                row_class, row_noisy = row_class[order], row_noisy[order]
+        else:
+            row_noisy = row_noisy & (row_class >= 0)
+        if not (row_class >= 0).any():
+            return
+        self._add_n_imp(row_class, row_noisy)
+        kernel.update(self, S, row_class, row_noisy)
+
+    def _torch_fallback(self):
+        if self._torch_kernel is None:
+            from megabench.metrics.kernels_torch import TorchKernel
+
+            self._torch_kernel = TorchKernel()
+        return self._torch_kernel
+
+    def _add_n_imp(self, row_class: np.ndarray, row_noisy: np.ndarray) -> None:
+        """N per class: every (row, probe column) pair, less the noisy rows of a ``drop`` variant."""
+        used = row_class >= 0
+        rows = np.bincount(row_class[used], minlength=self.n_classes)
+        noisy = np.bincount(row_class[used & row_noisy], minlength=self.n_classes)
         for p in self.plans:
-            if p.low_pos.size == 0:
-                continue
-            st = self.state[p.name]
-            m_per = np.bincount(p.low_u, minlength=p.low_ucols.size)
-            single = np.flatnonzero(m_per[p.low_u] == 1)  # trial indices whose column has one low trial
-            multi_u = np.flatnonzero(m_per > 1)
-            s_cols = torch.as_tensor(p.low_cols[single], device=dev)
-            s_g = torch.as_tensor(p.low_g[single], device=dev)
-            m_cols = torch.as_tensor(p.low_ucols[multi_u], device=dev)
-            m_g = torch.as_tensor(p.low_matrix[multi_u], device=dev)
-            multi_trials = np.flatnonzero(np.isin(p.low_u, multi_u))
-            slot = np.searchsorted(multi_u, p.low_u[multi_trials])
-            for a, b in zip(starts, stops, strict=True):
-                cls = int(row_class[a])
-                m = a + int((~row_noisy[a:b]).sum())
-                fill = 0.0 if p.noise_mode == "zero" else -np.inf
-                patch = b > m and p.noise_mode != "keep"
-                step = max(1, (1 << 23) // (b - a))
-                for lo in range(0, single.size, step):
-                    x = S[a:b].index_select(1, s_cols[lo:lo + step])
-                    if patch:
-                        x[m - a:] = fill
-                    g = s_g[lo:lo + step]
-                    idx = single[lo:lo + step]
-                    # float32 sums of 0/1 are exact below 2**24 rows and several times faster than int sums
-                    st["low_ge"][cls, idx] += (x >= g).to(x.dtype).sum(0).cpu().numpy().astype(np.int64)
-                    st["low_eq"][cls, idx] += (x == g).to(x.dtype).sum(0).cpu().numpy().astype(np.int64)
-                if multi_u.size:
-                    x = S[a:b].index_select(1, m_cols)
-                    if patch:
-                        x[m - a:] = fill
-                    if dev.type == "cpu":  # numpy's sort is several times faster than torch's on CPU
-                        xs = torch.from_numpy(np.ascontiguousarray(np.sort(np.ascontiguousarray(x.T.numpy()), axis=1)))
-                    else:
-                        xs = torch.sort(x.T.contiguous(), dim=1).values  # (n_multi, rows) ascending
-                    n_lt = torch.searchsorted(xs, m_g, right=False).cpu().numpy()  # #{x < g}
-                    n_le = torch.searchsorted(xs, m_g, right=True).cpu().numpy()  # #{x <= g}
-                    t = p.low_t[multi_trials]
-                    st["low_ge"][cls, multi_trials] += (b - a) - n_lt[slot, t]
-                    st["low_eq"][cls, multi_trials] += n_le[slot, t] - n_lt[slot, t]
+            n = rows - (noisy if p.noise_mode == "drop" else 0)
+            self.state[p.name]["n_imp"] += n * p.cols.size
 
-    def _update_ranks(self, rows, cols, vals, row_class: np.ndarray, row_noisy: np.ndarray) -> None:
-        """Candidate counts (scores >= the column's lowest high genuine score) into the difference arrays."""
+    def add_rank_candidates(self, rows, cols, vals, row_class: np.ndarray, row_noisy: np.ndarray) -> None:
+        """Candidate counts (scores >= the column's lowest high genuine score) into the difference arrays.
+
+        ``rows`` index ``row_class`` / ``row_noisy`` (the whole block; rows with class -1 are not noisy).
+        """
         noisy_rows = np.flatnonzero(row_noisy)
         c = self.n_classes
         for p in self.plans:
@@ -420,46 +440,30 @@ class MegafaceAccumulator:
             st["tie_diff"] += tdiff.reshape(c, t1)
 
     # --- merge / state ------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Move whatever the kernel holds between blocks (per-thread partial counts) into the state."""
+        self._kernel.flush(self)
+
     def merge(self, other: MegafaceAccumulator) -> None:
-        """Add another accumulator's counts (same plans, classes, k and histogram)."""
+        """Add another accumulator's state (same plans, classes, k and histogram), field by field."""
+        self.flush()
+        other.flush()
         for p in self.plans:
-            a, b = self.state[p.name], other.state[p.name]
-            for key in ("rank_diff", "tie_diff", "hist", "n_imp", "low_ge", "low_eq"):
-                a[key] += b[key]
-            a["top"] = [self._merge_top(x, y) for x, y in zip(a["top"], b["top"], strict=True)]
+            self.state[p.name].merge(other.state[p.name])
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Flat dict of arrays (sparse encoding for the mostly-zero ones) for saving and all_gather."""
+        self.flush()
         out: dict[str, np.ndarray] = {}
         for p in self.plans:
-            st = self.state[p.name]
-            for key in ("rank_diff", "tie_diff", "hist"):
-                flat = st[key].reshape(-1)
-                nz = np.flatnonzero(flat)
-                out[f"{p.name}/{key}/idx"] = nz.astype(np.int64)
-                out[f"{p.name}/{key}/val"] = flat[nz]
-            out[f"{p.name}/n_imp"] = st["n_imp"].copy()
-            out[f"{p.name}/low_ge"] = st["low_ge"].reshape(-1).copy()
-            out[f"{p.name}/low_eq"] = st["low_eq"].reshape(-1).copy()
-            out[f"{p.name}/top_len"] = np.array([t.size for t in st["top"]], np.int64)
-            out[f"{p.name}/top"] = (np.concatenate(st["top"]) if st["top"] else np.empty(0, np.float32))
+            out.update(self.state[p.name].to_arrays(p.name))
         return out
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Replace the state by :meth:`state_arrays` output."""
+        self.flush()
         for p in self.plans:
-            st = self.state[p.name]
-            for key in ("rank_diff", "tie_diff", "hist"):
-                flat = np.zeros(st[key].size, np.int64)
-                flat[arrays[f"{p.name}/{key}/idx"]] = arrays[f"{p.name}/{key}/val"]
-                st[key] = flat.reshape(st[key].shape)
-            st["n_imp"] = np.asarray(arrays[f"{p.name}/n_imp"], np.int64).copy()
-            for key in ("low_ge", "low_eq"):
-                st[key] = np.asarray(arrays[f"{p.name}/{key}"], np.int64).reshape(st[key].shape).copy()
-            lens = np.asarray(arrays[f"{p.name}/top_len"], np.int64)
-            cuts = np.concatenate([[0], np.cumsum(lens)])
-            top = np.asarray(arrays[f"{p.name}/top"], np.float32)
-            st["top"] = [top[cuts[i]:cuts[i + 1]].copy() for i in range(self.n_classes)]
+            self.state[p.name].load_arrays(p.name, arrays)
 
     # --- compute ------------------------------------------------------------------------------
     def size_view(self, name: str, classes: np.ndarray) -> dict[str, np.ndarray]:
@@ -467,13 +471,14 @@ class MegafaceAccumulator:
 
         Returns ``{count_ge, count_eq}`` (int64 per sorted trial), ``top`` (desc, at most k), ``hist``, ``n_imp``.
         """
+        self.flush()
         st = self.state[name]
         classes = np.asarray(classes, dtype=np.int64)
         rd = st["rank_diff"][classes].sum(axis=0)
         td = st["tie_diff"][classes].sum(axis=0)
         top = np.empty(0, np.float32)
         for c in classes.tolist():
-            top = self._merge_top(top, st["top"][c])
+            top = merge_top(top, st["top"][c], self.k)
         ge, eq = np.cumsum(rd)[:-1], np.cumsum(td)[:-1]
         plan = next(p for p in self.plans if p.name == name)
         ge[plan.low_pos] += st["low_ge"][classes].sum(axis=0)

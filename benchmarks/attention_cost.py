@@ -25,7 +25,7 @@ import time
 import torch
 
 from megabench.fileio import atomic_write_json
-from megabench.models import count_params, create_model
+from megabench.models import count_params, create_model, params_to_mb
 from megabench.profiling import default_batch, train_peak_mem_mb
 from megabench.reporting.paper_tables import paper_rows
 
@@ -134,7 +134,7 @@ def main() -> None:
         t_ratio = m["ms"] / base["ms"]
         c_ratio = m["cpu_ms"] / base["cpu_ms"]
         m_ratio = m["mem_mb"] / base["mem_mb"] if m["mem_mb"] is not None else None
-        delta = (m["params"] - base["params"]) * 4 / 1e6
+        delta = params_to_mb(m["params"] - base["params"])
         pt, pm = row["time_ms"] / pbase["time_ms"], row["memory_mb"] / pbase["memory_mb"]
         pd = row["size_mb"] - pbase["size_mb"]
         table.append({"model": row["model"], "method": row["method"], "time_ratio": t_ratio, "cpu_time_ratio": c_ratio,

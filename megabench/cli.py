@@ -2,7 +2,11 @@
 
 Subcommands live in ``megabench/commands/<name>.py`` and are imported only when run, so that
 ``megabench --help`` stays fast and never imports torch. Add a command by adding a line to
-:data:`COMMANDS` (name -> "module:attribute").
+:data:`COMMANDS` (name -> "module:attribute"); an evaluation's command may instead be declared by its
+registration (:mod:`megabench.evaluation.registry`), which the group reads as well.
+
+Errors: a :class:`~megabench.errors.MegabenchError` (including
+:class:`~megabench.errors.UnknownNameError`, a registry miss) prints ``error: <message>`` and exits 1.
 """
 
 from __future__ import annotations
@@ -38,6 +42,13 @@ class LazyGroup(click.Group):
         super().__init__(*args, **kwargs)
         self.lazy = dict(lazy or {})
 
+    @classmethod
+    def with_evaluations(cls, *args, lazy: dict[str, str], **kwargs) -> LazyGroup:
+        """A group of ``lazy`` plus the commands registered evaluations declare (``lazy`` wins on a clash)."""
+        from megabench.evaluation.registry import evaluation_commands
+
+        return cls(*args, lazy={**evaluation_commands(), **lazy}, **kwargs)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.lazy})
 
@@ -50,13 +61,8 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except MegabenchError as exc:
+        except MegabenchError as exc:  # UnknownNameError (a registry miss) included
             _report_known(ctx, exc, str(exc))
-        except KeyError as exc:
-            # registry misses carry their own message ("unknown model 'x'; did you mean ...")
-            if exc.args and isinstance(exc.args[0], str) and exc.args[0].startswith("unknown "):
-                _report_known(ctx, exc, exc.args[0])
-            raise
 
 
 def _report_known(ctx: click.Context, exc: BaseException, message: str) -> None:
@@ -73,7 +79,7 @@ def _report_known(ctx: click.Context, exc: BaseException, message: str) -> None:
     ctx.exit(1)
 
 
-@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup.with_evaluations, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="megabench")
 @click.option("--debug", is_flag=True, help="Show the traceback of known errors too (for bug reports).")
 def cli(debug: bool) -> None:

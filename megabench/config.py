@@ -4,13 +4,20 @@ Rules (detectron2 / lm-eval style):
 - ``base = "other.toml"`` (relative to the file) inherits; tables merge key by key, the child wins.
 - Unknown keys are an error naming the file and the key; missing required keys likewise.
 - Each file has a ``kind`` (``verification``, ``megaface``, ``recipe``...) that selects its dataclass
-  through :data:`SPEC_KINDS`; ``megabench validate`` checks any such file.
+  (:func:`spec_kinds`: the registered evaluations of :mod:`megabench.evaluation.registry`, plus
+  ``recipe``); ``megabench validate`` checks any such file.
+
+Where named specs live: the shipped folders ``protocols/`` and ``baselines/`` of the source tree are
+packaged as ``megabench._specs.protocols`` / ``megabench._specs.baselines`` (``pyproject.toml``) and
+read with :mod:`importlib.resources`, so lookups by name work from any folder after a plain
+``pip install``. A path to an existing ``.toml`` file always wins over a name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.resources
 import os
 import sys
 import types
@@ -18,7 +25,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from megabench.errors import ConfigError
+from megabench.errors import ConfigError, UnknownNameError
 from megabench.fileio import sha256_bytes
 
 if sys.version_info >= (3, 11):
@@ -28,17 +35,17 @@ else:  # pragma: no cover
 
 T = TypeVar("T")
 
+#: the source checkout's root. Not where specs live after a plain install: use :func:`spec_folder`.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-#: kind -> "module:Class". Import is lazy so that reading a spec does not import torch.
-SPEC_KINDS: dict[str, str] = {
-    "verification": "megabench.evaluation.verification:VerificationSpec",
-    "megaface": "megabench.evaluation.megaface:MegafaceSpec",
-    "recipe": "megabench.engine.recipe:Recipe",
+#: spec folder name -> the package that ships it (``pyproject.toml`` maps the top-level folders there).
+SPEC_FOLDERS: dict[str, str] = {
+    "protocols": "megabench._specs.protocols",
+    "baselines": "megabench._specs.baselines",
 }
 
-#: where named specs live: kind-independent folders searched in order.
-SPEC_DIRS: dict[str, str] = {"protocols": "protocols", "baselines": "baselines"}
+#: kinds that are not evaluations: kind -> "module:Class". Import is lazy (reading a spec imports no torch).
+OTHER_SPEC_KINDS: dict[str, str] = {"recipe": "megabench.engine.recipe:Recipe"}
 
 
 def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
@@ -144,23 +151,56 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "") -> T:
         raise ConfigError(f"{where or cls.__name__}: {exc}") from None
 
 
+def spec_folder(folder: str = "protocols") -> Path:
+    """The folder of the shipped spec files named ``folder`` (``protocols`` or ``baselines``).
+
+    Read through :mod:`importlib.resources`: the source tree's folder in an editable install, the
+    copy inside the package after a plain ``pip install``.
+    """
+    try:
+        package = SPEC_FOLDERS[folder]
+    except KeyError:
+        raise UnknownNameError(f"unknown spec folder {folder!r}; known: {sorted(SPEC_FOLDERS)}") from None
+    return Path(str(importlib.resources.files(package)))
+
+
+def find_spec_file(name: str, folder: str = "protocols") -> Path | None:
+    """The shipped ``<folder>/<name>.toml``, or None when there is no such spec."""
+    candidate = spec_folder(folder) / f"{name}.toml"
+    return candidate if candidate.is_file() else None
+
+
 def resolve_spec_path(name_or_path: str | os.PathLike, folder: str = "protocols") -> Path:
-    """A path to an existing file, or a name looked up as ``<repo>/<folder>/<name>.toml``."""
+    """A path to an existing ``.toml`` file (the user's own file wins), or a shipped spec by name."""
     p = Path(name_or_path)
-    if p.suffix == ".toml" and p.exists():
+    if p.suffix == ".toml" and p.is_file():
         return p
-    candidate = REPO_ROOT / folder / f"{name_or_path}.toml"
-    if candidate.exists():
-        return candidate
-    known = sorted(q.stem for q in (REPO_ROOT / folder).glob("*.toml"))
-    raise ConfigError(f"no spec {str(name_or_path)!r} (not a file, not in {folder}/: known {known})")
+    found = find_spec_file(str(name_or_path), folder) if p.suffix != ".toml" else None
+    if found is not None:
+        return found
+    known = [q.stem for q in list_specs(folder)]
+    raise ConfigError(f"no spec {str(name_or_path)!r} (not a .toml file, not a shipped {folder} name: known {known})")
+
+
+def spec_kinds() -> dict[str, str]:
+    """Every spec ``kind`` -> "module:Class": the registered evaluations plus :data:`OTHER_SPEC_KINDS`."""
+    from megabench.evaluation.registry import EVALUATIONS
+
+    return {**{name: entry.spec for name, entry in EVALUATIONS.items()}, **OTHER_SPEC_KINDS}
 
 
 def spec_class(kind: str) -> type:
+    """The dataclass of spec ``kind``; :class:`ConfigError` for an unknown kind."""
+    kinds = spec_kinds()
     try:
-        target = SPEC_KINDS[kind]
+        target = kinds[kind]
     except KeyError:
-        raise ConfigError(f"unknown spec kind {kind!r}; known kinds: {sorted(SPEC_KINDS)}") from None
+        raise ConfigError(f"unknown spec kind {kind!r}; known kinds: {sorted(kinds)}") from None
+    return import_object(target)
+
+
+def import_object(target: str) -> Any:
+    """Import ``"package.module:attribute"`` (the lazy references registries hold)."""
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
 
@@ -174,7 +214,7 @@ def load_spec(name_or_path: str | os.PathLike, folder: str = "protocols", kind: 
     data = load_toml(path)
     file_kind = data.pop("kind", None)
     if file_kind is None:
-        raise ConfigError(f"{path}: missing `kind` (one of {sorted(SPEC_KINDS)})")
+        raise ConfigError(f"{path}: missing `kind` (one of {sorted(spec_kinds())})")
     if kind is not None and file_kind != kind:
         raise ConfigError(f"{path}: is a {file_kind!r} spec, expected {kind!r}")
     try:
@@ -190,5 +230,11 @@ def load_spec(name_or_path: str | os.PathLike, folder: str = "protocols", kind: 
     return from_dict(cls, {**data, **extra}, where=str(path))
 
 
+def load_recipe(name_or_path: str | os.PathLike) -> Any:
+    """A training recipe (``kind = "recipe"``) by path or by name in the shipped ``baselines/``."""
+    return load_spec(name_or_path, "baselines", kind="recipe")
+
+
 def list_specs(folder: str = "protocols") -> list[Path]:
-    return sorted((REPO_ROOT / folder).glob("*.toml"))
+    """The shipped spec files of ``folder``, sorted by name."""
+    return sorted(spec_folder(folder).glob("*.toml"))

@@ -25,3 +25,14 @@ class UnsafePickleError(DataError):
 
 class OutputError(MegabenchError):
     """An output may not be written: it is an input of the run, read-only, someone else's data, or unwritable."""
+
+
+class UnknownNameError(MegabenchError, KeyError):
+    """A name missing from a registry (model, head, attention, evaluation, data format ...).
+
+    A ``KeyError`` too, so ``name in registry``-style callers and ``except KeyError`` keep working;
+    the message lists close matches and where to see every name.
+    """
+
+    def __str__(self) -> str:  # KeyError would print the message inside quotes
+        return str(self.args[0]) if self.args else ""

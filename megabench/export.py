@@ -16,10 +16,10 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from megabench.errors import MegabenchError
 from megabench.fileio import atomic_path
+from megabench.models.registry import FaceModel
 
 
 def _require(module: str):
@@ -60,7 +60,7 @@ def is_megabench_onnx(path: str | os.PathLike) -> bool:
     return any(p.key == "megabench.model" for p in proto.metadata_props)
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17,
+def export_onnx(model: FaceModel, path: str | os.PathLike, *, opset: int = 17,
                 weights_sha256: str | None = None) -> Path:
     """Write ``model`` (eval mode, CPU) to ``path`` as ONNX with a dynamic batch axis; atomic."""
     check_opset(opset)
@@ -76,7 +76,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17,
             dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
         )
         proto = onnx.load(str(tmp))
-        meta = {"megabench.model": getattr(model, "name", type(model).__name__),
+        meta = {"megabench.model": model.name,
                 "megabench.preprocessing": json.dumps(model.preprocessing.to_dict())}
         if weights_sha256:
             meta["megabench.weights_sha256"] = weights_sha256
@@ -85,7 +85,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17,
     return Path(path)
 
 
-def check_onnx(model: nn.Module, path: str | os.PathLike, *, batch: int = 3, seed: int = 0) -> float:
+def check_onnx(model: FaceModel, path: str | os.PathLike, *, batch: int = 3, seed: int = 0) -> float:
     """Run ``path`` with onnxruntime on a random batch; return ``max |onnx - torch| / max |torch|``."""
     ort = _require("onnxruntime")
     model = model.cpu().eval()

@@ -243,9 +243,12 @@ def check_output_dir(
 class RunFiles:
     """The files this run created, by identity; only those may be deleted by it.
 
+    >>> state_path = Path("run.state")
+    >>> _ = state_path.write_bytes(b"...")
     >>> created = RunFiles()
     >>> created.add(state_path)          # right after writing it
     >>> created.remove(state_path)       # deletes only if it is still the file we wrote
+    True
     """
 
     def __init__(self) -> None:

@@ -257,7 +257,7 @@ def profile_model(
     """
     import torch
 
-    from megabench.models import count_params, create_model
+    from megabench.models import count_params, create_model, params_to_mb
     from megabench.results import new_result
 
     batch = batch or default_batch(device)
@@ -284,7 +284,7 @@ def profile_model(
         device=device,
         model=info,
         params=params,
-        size_mb=params * 4 / 1e6,
+        size_mb=params_to_mb(params),
         flops=flops,
         latency_ms={"batch1": lat1, "batchN": latn, "batch": batch, "warmup": warmup, "repeats": repeats,
                     "statistic": "median, ms per image"},

@@ -1,6 +1,7 @@
-"""One registry type for every named thing (models, attention modules, heads, spec kinds).
+"""One registry type for every named thing (models, attention modules, heads, evaluations, data formats).
 
-Duplicate names are an error; a missing name raises ``KeyError`` listing close matches.
+Duplicate names are an error; a missing name raises :class:`~megabench.errors.UnknownNameError`
+(a ``KeyError`` and a ``MegabenchError``) listing close matches.
 """
 
 from __future__ import annotations
@@ -9,19 +10,30 @@ import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from megabench.errors import UnknownNameError
+
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
     """A name -> object map with a decorator for registration.
 
-    >>> heads = Registry("head")
+    >>> heads = Registry("head", listing="megabench models")
     >>> @heads.register("cosface")
     ... def make_cosface(): ...
+    >>> heads.names()
+    ['cosface']
+    >>> heads.get("cosfase")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    megabench.errors.UnknownNameError: unknown head 'cosfase'; did you mean 'cosface'? (known: 1; ...)
+
+    ``listing`` names the command that lists every name, for the error message.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, listing: str | None = None) -> None:
         self.kind = kind
+        self.listing = listing
         self._items: dict[str, T] = {}
 
     def register(self, name: str | None = None) -> Callable[[T], T]:
@@ -45,10 +57,8 @@ class Registry(Generic[T]):
         except KeyError:
             close = difflib.get_close_matches(name, self._items, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise KeyError(
-                f"unknown {self.kind} {name!r}{hint} (known: {len(self._items)}; list them with "
-                f"`megabench` ls/models)"
-            ) from None
+            where = f"; list them with `{self.listing}`" if self.listing else f": {', '.join(self.names())}"
+            raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} (known: {len(self._items)}{where})") from None
 
     def __getitem__(self, name: str) -> T:
         return self.get(name)

@@ -13,7 +13,9 @@ Common keys (every kind)::
     timings         seconds per phase
     environment     python / numpy / torch versions, platform, device
 
-Each kind adds its own required keys (:data:`REQUIRED_KEYS`); :func:`validate_result` checks them.
+Each kind adds its own required keys, declared where the kind is registered
+(:data:`megabench.evaluation.registry.RESULT_KINDS`; see :func:`required_keys`); :func:`validate_result`
+checks them. The keys of each kind are described in ``docs/results.md``.
 Reports read only these files.
 """
 
@@ -37,11 +39,12 @@ SCHEMA_VERSION = "1.0"
 
 COMMON_KEYS = ("schema_version", "kind", "created", "megabench", "environment")
 
-REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
-    "verification": ("model", "protocol", "input", "metrics", "folds"),
-    "megaface": ("model", "protocol", "input", "variants"),
-    "profile": ("model", "params", "size_mb", "flops", "latency_ms", "train_peak_mem_mb", "device"),
-}
+
+def required_keys(kind: str) -> tuple[str, ...]:
+    """Keys a result of ``kind`` must hold besides :data:`COMMON_KEYS` (none for an unregistered kind)."""
+    from megabench.evaluation.registry import RESULT_KINDS
+
+    return RESULT_KINDS.get(kind).required_keys if kind in RESULT_KINDS else ()
 
 
 def git_revision(repo: Path | None = None) -> str | None:
@@ -167,7 +170,7 @@ def validate_result(result: Any, *, source: str = "result") -> dict[str, Any]:
             f"{source}: schema_version {result['schema_version']} is not readable by megabench "
             f"{__version__} (schema {SCHEMA_VERSION}); re-run the evaluation"
         )
-    need = REQUIRED_KEYS.get(result["kind"], ())
+    need = required_keys(result["kind"])
     missing = [k for k in need if k not in result]
     if missing:
         raise DataError(f"{source}: {result['kind']} result lacks required keys {missing}")

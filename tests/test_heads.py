@@ -21,7 +21,7 @@ def _cos(x: np.ndarray, w: np.ndarray) -> float:
 
 
 def loop_target(name: str, c: float, norm: float, head) -> float:
-    """The target logit written from MODELS.md, one sample at a time."""
+    """The target logit written from docs/models.md, one sample at a time."""
     theta = math.acos(c)
     if name == "cosface" or name == "am_softmax":
         return head.s * (c - head.m)

@@ -8,12 +8,13 @@ import struct
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import UPSTREAM_SHA256
 
-from megabench.config import REPO_ROOT
+from megabench.config import spec_folder
 from megabench.data import megaface_io as io
 from megabench.errors import DataError
 
-SHIPPED = REPO_ROOT / "protocols" / "megaface_noises"
+SHIPPED = spec_folder("protocols") / "megaface_noises"
 
 
 def test_matio_bytes_match_hand_built_layout(tmp_path):
@@ -71,7 +72,7 @@ def test_noise_lists_and_matching(tmp_path):
     assert mask.tolist() == [True, False, True] and matched == 2
 
 
-def test_shipped_noise_lists(shared_data):
+def test_shipped_noise_lists():
     from megabench.fileio import sha256_file
 
     fs, mf = io.read_noise_list(SHIPPED / "facescrub_noises.txt"), io.read_noise_list(SHIPPED / "megaface_noises.txt")
@@ -80,7 +81,7 @@ def test_shipped_noise_lists(shared_data):
     attribution = (SHIPPED / "ATTRIBUTION.md").read_text()
     for name in ("facescrub_noises.txt", "megaface_noises.txt"):
         digest = sha256_file(SHIPPED / name)
-        assert digest == sha256_file(shared_data / "megaface" / name)  # verbatim copy
+        assert digest == UPSTREAM_SHA256[name]  # verbatim copy
         assert digest in attribution
     assert "We used the noises list proposed by InsightFace" in attribution and "9fc3cc9c" in attribution
 

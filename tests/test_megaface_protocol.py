@@ -13,6 +13,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from helpers import UPSTREAM_SHA256
 
 from megabench.data.feature_store import StoreMeta, write_features
 from megabench.data.megaface_io import write_distractor_list, write_probe_list
@@ -360,14 +361,14 @@ def test_noise_lists_matching_nothing_warn(tmp_path):
     assert res["noise"]["facescrub_matched"] == 0 and res["noise"]["megaface_matched"] == 5
 
 
-def test_shipped_noise_lists_are_the_default(tmp_path, shared_data):
-    """The spec's default noise lists are the shipped copies (identical to ../shared/data/megaface)."""
+def test_shipped_noise_lists_are_the_default(tmp_path):
+    """The spec's default noise lists are the shipped copies (verbatim insightface lists)."""
     from megabench.config import load_spec
     from megabench.fileio import sha256_file
 
     sp = load_spec("megaface_c1", kind="megaface")
     for which in ("facescrub", "megaface"):
-        assert sha256_file(sp.noise_path(which)) == sha256_file(shared_data / "megaface" / f"{which}_noises.txt")
+        assert sha256_file(sp.noise_path(which)) == UPSTREAM_SHA256[f"{which}_noises.txt"]
     w = make_world(10)
     write_world(w, tmp_path)
     printed = []

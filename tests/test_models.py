@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from megabench.config import REPO_ROOT, load_spec
+from megabench.config import list_specs, load_spec, spec_folder
 from megabench.errors import ConfigError
 from megabench.models import (
     ATTENTION_REGISTRY,
@@ -33,7 +33,7 @@ def test_registry_has_the_paper_zoo() -> None:
 
 
 def _ir_params(depths, widths=(64, 128, 256, 512), stem=64, emb=512, hw=7, attn=()) -> int:
-    """Parameter count from the architecture text of MODELS.md, block by block."""
+    """Parameter count from the architecture text of docs/models.md, block by block."""
     n = 3 * stem * 9 + 2 * stem + stem  # stem conv, BN, PReLU
     c_in = stem
     for depth, c in zip(depths, widths, strict=True):
@@ -138,7 +138,7 @@ def test_models_command_lists_zoo() -> None:
 
 
 # ----------------------------------------------------------------------------------------- recipes
-RECIPES = sorted((REPO_ROOT / "baselines").glob("*.toml"))
+RECIPES = list_specs("baselines")
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
@@ -165,12 +165,12 @@ def test_recipes_cover_the_paper_grids() -> None:
 
 
 def test_recipe_schedule_and_errors(tmp_path) -> None:
-    r = load_spec(REPO_ROOT / "baselines" / "_casia_r50.toml", "baselines")
+    r = load_spec(spec_folder("baselines") / "_casia_r50.toml", "baselines")
     assert r.schedule.lr_at(0.1, 0) == 0.1
     assert r.schedule.lr_at(0.1, 30000) == pytest.approx(0.01)
     assert r.schedule.lr_at(0.1, 79999) == pytest.approx(1e-4)
     bad = tmp_path / "bad.toml"
-    base = (REPO_ROOT / "baselines" / "_casia_r50.toml").as_posix()
+    base = (spec_folder("baselines") / "_casia_r50.toml").as_posix()
     bad.write_text(f'base = "{base}"\nhead = "cosface"\nhead_args = {{ margin_rad = 0.5 }}\n')
     with pytest.raises(ConfigError, match="head_args"):
         load_spec(bad)

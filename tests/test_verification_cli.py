@@ -239,12 +239,12 @@ def test_write_bin_round_trip_used_by_cli(tmp_path):
     assert res.exit_code == 0, res.output
 
 
-def test_real_small_lfw_pack(shared_data, tmp_path):
+def test_real_small_lfw_pack(small_lfw_bin, tmp_path):
     # the real insightface pack: 10 same pairs; random features; degenerate metrics are NaN -> null, with warnings
     feats = np.random.default_rng(0).standard_normal((20, 8)).astype(np.float32)
     store = write_features(tmp_path / "f.h5", feats, [str(i) for i in range(20)])
     out = tmp_path / "r.json"
-    res = _run("verify", "--pairs", str(shared_data / "insightface" / "small_lfw.bin"), "--features", str(store),
+    res = _run("verify", "--pairs", str(small_lfw_bin), "--features", str(store),
                "--allow-partial", "--flip", "none", "--out", str(out))
     assert res.exit_code == 0, res.output
     r = json.loads(out.read_text())

@@ -283,7 +283,8 @@ def test_val_far_closed_form():
 def test_roc_curve_equals_sklearn():
     d, s = make_pairs(np.random.default_rng(7), 500, noise=4.0)
     d = np.round(d, 2)
-    fpr, tpr, thr = mv.roc_curve(d, s)
+    roc = mv.roc_curve(d, s)
+    fpr, tpr, thr = roc.fpr, roc.tpr, roc.thresholds
     sf, st_, sthr = sk_roc_curve(s, -d, drop_intermediate=False)
     assert np.allclose(fpr, sf) and np.allclose(tpr, st_)
     assert np.allclose(thr[1:], -sthr[1:])
@@ -323,13 +324,14 @@ def brute_eer(d, s):
 
 def test_eer_brute_force_and_closed_form():
     d, s = make_pairs(np.random.default_rng(10), 400, noise=5.0)
-    rate, thr = mv.eer(d, s)
+    e = mv.eer(d, s)
+    rate, thr = e.rate, e.threshold
     assert rate == pytest.approx(brute_eer(d, s), abs=1e-12)
     assert d.min() <= thr <= d.max()
     sep = np.array([0.1, 0.2, 1.0, 1.5])
-    assert mv.eer(sep, np.array([True, True, False, False]))[0] == 0.0
+    assert mv.eer(sep, np.array([True, True, False, False])).rate == 0.0
     # one same pair beyond one diff pair: the ROC passes (0,0),(0,.5),(.5,.5),(.5,1),(1,1) -> EER 0.5
-    assert mv.eer(np.array([0.1, 0.3, 0.2, 0.4]), np.array([True, True, False, False]))[0] == pytest.approx(0.5)
+    assert mv.eer(np.array([0.1, 0.3, 0.2, 0.4]), np.array([True, True, False, False])).rate == pytest.approx(0.5)
     assert mv.auc(sep, np.array([True, True, False, False])) == 1.0
 
 
@@ -338,7 +340,7 @@ def test_degenerate_roc_is_nan_with_warning():
         assert np.isnan(mv.auc(np.array([0.1, 0.2]), np.array([True, True])))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert np.isnan(mv.eer(np.array([0.1, 0.2]), np.array([False, False]))[0])
+        assert np.isnan(mv.eer(np.array([0.1, 0.2]), np.array([False, False])).rate)
     assert any(issubclass(w.category, mv.DegenerateMetricWarning) for w in caught)
 
 

@@ -13,17 +13,17 @@ def models(show_attention: bool) -> None:
     """List registered models with parameters and size (MB = 10^6 bytes, fp32)."""
     import torch
 
-    from megabench.models import MODEL_REGISTRY, count_params, list_attention, list_heads
+    from megabench.models import count_params, create_model, list_attention, list_heads, list_models, params_to_mb
 
     click.echo(f"{'model':<22} {'params':>12} {'size MB':>9}  {'depths':<14} attention")
     with torch.device("meta"):  # count without allocating or initialising
-        for name in MODEL_REGISTRY.names():
-            model = MODEL_REGISTRY.get(name)()
+        for name in list_models():
+            model = create_model(name)
             n = count_params(model)
             cfg = model.config
-            attn = "+".join(cfg["attn_layers"]) or "-"
-            depths = ",".join(map(str, cfg["depths"]))
-            click.echo(f"{name:<22} {n:>12,d} {n * 4 / 1e6:>9.2f}  {depths:<14} {attn}")
+            attn = "+".join(cfg.get("attn_layers", ())) or "-"
+            depths = ",".join(map(str, cfg.get("depths", ())))
+            click.echo(f"{name:<22} {n:>12,d} {params_to_mb(n):>9.2f}  {depths:<14} {attn}")
     if show_attention:
         click.echo(f"\nattention: {', '.join(list_attention())}")
         click.echo(f"heads:     {', '.join(list_heads())}")

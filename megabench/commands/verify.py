@@ -10,10 +10,10 @@ import click
 
 def guess_protocol(pairs_path: str) -> str:
     """The protocol named by the pairs file's stem (``agedb_30.bin`` -> ``agedb_30``), else ``lfw``."""
-    from megabench.config import REPO_ROOT
+    from megabench.config import find_spec_file
 
     stem = Path(pairs_path).stem.lower()
-    return stem if (REPO_ROOT / "protocols" / f"{stem}.toml").is_file() else "lfw"
+    return stem if find_spec_file(stem) is not None else "lfw"
 
 
 @click.command("verify")

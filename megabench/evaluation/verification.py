@@ -1,9 +1,11 @@
 """The 10-fold pair-verification protocol (LFW, AgeDB-30, CFP-FP): a spec + pairs + features -> a result.
 
-A :class:`VerificationSpec` is read from ``protocols/<name>.toml`` (``kind = "verification"``).
-:func:`evaluate` checks the inputs against it, fuses flips, computes the metrics of
-:mod:`megabench.metrics.verification` and returns a result dict (``megabench.results`` schema,
-kind ``"verification"``) for :func:`megabench.results.write_result`.
+A :class:`VerificationSpec` is read from ``protocols/<name>.toml`` (``kind = "verification"``); the
+definitions are in ``docs/protocols.md`` §1. The registered entry point (:mod:`megabench.evaluation.registry`)
+is :func:`run_verification` ``(spec, VerificationOptions) -> result dict``; :func:`evaluate` does the work
+on already-opened pairs: checks the inputs against the spec, fuses flips, computes the metrics of
+:mod:`megabench.metrics.verification` and returns a result dict (``megabench.results`` schema, kind
+``"verification"``, keys in ``docs/results.md``) for :func:`megabench.results.write_result`.
 """
 
 from __future__ import annotations
@@ -11,16 +13,15 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from megabench.errors import DataError
-
-FlipMode = Literal["none", "sum", "concat"]
-ThresholdSearch = Literal["insightface", "exact"]
+from megabench.choices import FLIP_MODES, THRESHOLD_SEARCHES, FlipMode, ThresholdSearch
+from megabench.errors import DataError, MegabenchError
+from megabench.metrics.verification import ACCURACY_GRID, VAL_GRID, ThresholdGrid
 
 
 class ChanceLevelWarning(UserWarning):
@@ -32,33 +33,17 @@ class ProvenanceWarning(UserWarning):
 
 
 @dataclass(frozen=True)
-class ThresholdGrid:
-    """``np.arange(start, stop, step)``: a distance threshold grid (stop excluded)."""
-
-    start: float = 0.0
-    stop: float = 4.0
-    step: float = 0.01
-
-    def values(self) -> np.ndarray:
-        return np.arange(self.start, self.stop, self.step)
-
-    def __post_init__(self) -> None:
-        if not (self.step > 0 and self.stop > self.start):
-            raise ValueError(f"threshold grid needs step > 0 and stop > start, got {self}")
-
-
-@dataclass(frozen=True)
 class VerificationSpec:
-    """A verification protocol: expected pair count, folds, grids and defaults (PROTOCOLS.md §1)."""
+    """A verification protocol: expected pair count, folds, grids and defaults (docs/protocols.md §1)."""
 
     name: str
     version: str
     n_pairs: int
     description: str = ""
     n_folds: int = 10
-    thresholds: ThresholdGrid = field(default_factory=ThresholdGrid)
+    thresholds: ThresholdGrid = ACCURACY_GRID
     val_far: float = 1e-3
-    val_thresholds: ThresholdGrid = field(default_factory=lambda: ThresholdGrid(0.0, 4.0, 0.001))
+    val_thresholds: ThresholdGrid = VAL_GRID
     flip: FlipMode = "concat"
     threshold_search: ThresholdSearch = "insightface"
     chance_warning_below: float = 0.6
@@ -70,6 +55,37 @@ class VerificationSpec:
             raise ValueError(f"need n_pairs >= 1 and n_folds >= 2, got {self.n_pairs}, {self.n_folds}")
         if not 0 < self.val_far < 1:
             raise ValueError(f"val_far must lie in (0, 1), got {self.val_far}")
+
+
+@dataclass(frozen=True)
+class VerificationOptions:
+    """Everything one verification run takes besides the spec (what ``megabench verify`` parses).
+
+    ``pairs``: a ``.bin`` pack, an LFW ``pairs.txt`` (needs ``images``) or a ``path1 path2 0|1`` list;
+    ``features``: a feature store (``docs/results.md`` "Feature store"). ``flip`` and ``threshold_search``:
+    None means the spec's. ``allow_partial``: accept a pair count other than the spec's.
+    """
+
+    pairs: str | os.PathLike
+    features: str | os.PathLike
+    images: str | os.PathLike | None = None
+    flip: FlipMode | None = None
+    threshold_search: ThresholdSearch | None = None
+    allow_partial: bool = False
+
+    def __post_init__(self) -> None:
+        if self.flip is not None and self.flip not in FLIP_MODES:
+            raise MegabenchError(f"flip must be one of {', '.join(FLIP_MODES)}; got {self.flip!r}")
+        if self.threshold_search is not None and self.threshold_search not in THRESHOLD_SEARCHES:
+            raise MegabenchError(f"threshold_search must be one of {', '.join(THRESHOLD_SEARCHES)}; "
+                                 f"got {self.threshold_search!r}")
+
+
+def run_verification(spec: VerificationSpec, options: VerificationOptions) -> dict[str, Any]:
+    """The registered entry point: open the pairs, then :func:`evaluate`. Returns the result dict (not written)."""
+    pairs = load_pairs(options.pairs, options.images)
+    return evaluate(spec, pairs, options.features, flip=options.flip, threshold_search=options.threshold_search,
+                    allow_partial=options.allow_partial)
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,6 +152,80 @@ def check_pair_count(spec: VerificationSpec, n_pairs: int, source: str, *, allow
 # --------------------------------------------------------------------------------------------
 # evaluation
 # --------------------------------------------------------------------------------------------
+@dataclass
+class _PairFeatures:
+    """The feature rows one run needs, read once: ``feat`` (and ``feat_flip``), the rows of each pair's sides."""
+
+    feat: np.ndarray
+    feat_flip: np.ndarray | None
+    rows1: np.ndarray
+    rows2: np.ndarray
+    meta: Any
+    sha256: str
+    path: str
+
+
+def _read_pair_features(pairs: Any, features: str | os.PathLike, flip: str) -> _PairFeatures:
+    """Read only the rows the pairs use (and their flips when ``flip`` needs them), checked."""
+    from megabench.data.feature_store import check_embeddings, open_features
+
+    with open_features(features) as store:
+        rows1, rows2 = _pair_rows(pairs, store)
+        used = np.unique(np.concatenate([rows1, rows2]))
+        subset = None if used.size == store.n else used
+        feat = store.read("features", subset)
+        check_embeddings(feat, source=str(store.path), what="features")
+        feat_flip = None
+        if flip != "none":
+            if not store.has_flip:
+                raise DataError(f"{store.path}: --flip {flip} needs a `features_flip` dataset, which this store "
+                                "lacks; use --flip none or extract the flipped images too")
+            feat_flip = store.read("features_flip", subset)
+            check_embeddings(feat_flip, source=str(store.path), what="features_flip")
+        meta, sha, path = store.meta, store.sha256(), str(store.path)
+    if subset is not None:  # map store rows to positions in the compacted arrays
+        rows1, rows2 = np.searchsorted(used, rows1), np.searchsorted(used, rows2)
+    return _PairFeatures(feat, feat_flip, rows1, rows2, meta, sha, path)
+
+
+@dataclass(frozen=True)
+class _Metrics:
+    accuracy: Any  # mv.FoldAccuracy
+    val_far: Any  # mv.FoldValFar
+    roc: Any  # mv.Roc (held-out, mean over folds)
+    auc: float
+    eer: Any  # mv.Eer
+
+
+def _compute_metrics(spec: VerificationSpec, dist: np.ndarray, issame: np.ndarray, search: str) -> _Metrics:
+    from megabench.metrics import verification as mv
+
+    grid = spec.thresholds.values()
+    if search == "insightface":
+        acc = mv.ten_fold_accuracy(dist, issame, thresholds=grid, n_folds=spec.n_folds)
+        roc = mv.Roc(np.mean(acc.fpr, 0), np.mean(acc.tpr, 0), acc.thresholds)
+    else:
+        acc = mv.exact_threshold_accuracy(dist, issame, n_folds=spec.n_folds)
+        roc = mv.fold_roc(dist, issame, thresholds=grid, n_folds=spec.n_folds)
+    vf = mv.val_far(dist, issame, far_target=spec.val_far, thresholds=spec.val_thresholds.values(),
+                    n_folds=spec.n_folds)
+    return _Metrics(acc, vf, roc, mv.auc(dist, issame), mv.eer(dist, issame))
+
+
+def _definitions(spec: VerificationSpec) -> dict[str, str]:
+    return {
+        "accuracy": f"mean held-out accuracy over {spec.n_folds} contiguous folds; same when d < threshold, "
+                    "d = squared L2 distance of unit embeddings",
+        "accuracy_std": "std over folds (population, ddof=0)",
+        "val": f"mean held-out TAR at the threshold interpolated to train FAR = {spec.val_far}",
+        "val_std": "std over folds (population, ddof=0)",
+        "far": "mean held-out FAR at the VAL thresholds",
+        "auc": "area under the exact ROC of all pairs (no folds, no grid)",
+        "eer": "equal error rate on the exact ROC of all pairs, linear between ROC points",
+        "roc": "held-out (FPR, TPR) at each accuracy-grid threshold, mean over folds (insightface)",
+    }
+
+
 def evaluate(
     spec: VerificationSpec,
     pairs: Any,
@@ -151,7 +241,6 @@ def evaluate(
     Raises :class:`DataError` for inconsistent inputs; warns :class:`ChanceLevelWarning` when the
     mean accuracy of a full-size set is below ``spec.chance_warning_below``.
     """
-    from megabench.data.feature_store import check_embeddings, open_features
     from megabench.metrics import verification as mv
     from megabench.results import new_result
 
@@ -159,39 +248,14 @@ def evaluate(
     search = threshold_search or spec.threshold_search
     t0 = time.perf_counter()
     check_pair_count(spec, pairs.n_pairs, pairs.source, allow_partial=allow_partial)
-    with open_features(features) as store:
-        rows1, rows2 = _pair_rows(pairs, store)
-        used = np.unique(np.concatenate([rows1, rows2]))
-        all_rows = used.size == store.n
-        feat = store.read("features", None if all_rows else used)
-        check_embeddings(feat, source=str(store.path), what="features")
-        feat_flip = None
-        if flip != "none":
-            if not store.has_flip:
-                raise DataError(f"{store.path}: --flip {flip} needs a `features_flip` dataset, which this store "
-                                "lacks; use --flip none or extract the flipped images too")
-            feat_flip = store.read("features_flip", None if all_rows else used)
-            check_embeddings(feat_flip, source=str(store.path), what="features_flip")
-        meta = store.meta
-        features_sha = store.sha256()
-        store_path = str(store.path)
-    if not all_rows:  # map store rows to positions in the compacted arrays
-        rows1, rows2 = np.searchsorted(used, rows1), np.searchsorted(used, rows2)
+    pf = _read_pair_features(pairs, features, flip)
     t_load = time.perf_counter()
 
-    emb = mv.fuse_flip(feat, feat_flip, flip)
-    dist = mv.pair_distances(emb[rows1], emb[rows2])
+    emb = mv.fuse_flip(pf.feat, pf.feat_flip, flip)
+    dist = mv.pair_distances(emb[pf.rows1], emb[pf.rows2])
     issame = pairs.issame
-    if search == "insightface":
-        acc = mv.ten_fold_accuracy(dist, issame, thresholds=spec.thresholds.values(), n_folds=spec.n_folds)
-        roc_fpr, roc_tpr = np.mean(acc.fpr, 0), np.mean(acc.tpr, 0)
-    else:
-        acc = mv.exact_threshold_accuracy(dist, issame, n_folds=spec.n_folds)
-        roc_fpr, roc_tpr, _ = mv.fold_roc(dist, issame, thresholds=spec.thresholds.values(), n_folds=spec.n_folds)
-    vf = mv.val_far(dist, issame, far_target=spec.val_far, thresholds=spec.val_thresholds.values(),
-                    n_folds=spec.n_folds)
-    area = mv.auc(dist, issame)
-    eer_rate, eer_thr = mv.eer(dist, issame)
+    m = _compute_metrics(spec, dist, issame, search)
+    acc, vf = m.accuracy, m.val_far
     t_metrics = time.perf_counter()
 
     if pairs.n_pairs == spec.n_pairs and acc.mean < spec.chance_warning_below:
@@ -206,35 +270,21 @@ def evaluate(
     ]
     return new_result(
         "verification",
-        model={"name": meta.model or None, "checkpoint_sha256": meta.checkpoint_sha256 or None,
-               "preprocessing": meta.preprocessing},
+        model={"name": pf.meta.model or None, "checkpoint_sha256": pf.meta.checkpoint_sha256 or None,
+               "preprocessing": pf.meta.preprocessing},
         protocol={"name": spec.name, "version": spec.version, "sha256": spec.sha256, "variant": search,
                   "source": spec.source, "n_folds": spec.n_folds,
-                  "thresholds": _grid_dict(spec.thresholds), "val_far": spec.val_far,
-                  "val_thresholds": _grid_dict(spec.val_thresholds)},
-        input={"pairs": str(pairs.source), "pairs_sha256": pairs.sha256, "features": store_path,
-               "features_sha256": features_sha, "flip": flip, "n_pairs": pairs.n_pairs,
+                  "thresholds": spec.thresholds.to_dict(), "val_far": spec.val_far,
+                  "val_thresholds": spec.val_thresholds.to_dict()},
+        input={"pairs": str(pairs.source), "pairs_sha256": pairs.sha256, "features": pf.path,
+               "features_sha256": pf.sha256, "flip": flip, "n_pairs": pairs.n_pairs,
                "n_same": int(np.count_nonzero(issame)), "partial": pairs.n_pairs != spec.n_pairs,
                "embedding_dim": int(emb.shape[1])},
         metrics={"accuracy": acc.mean, "accuracy_std": acc.std, "val": vf.val_mean, "val_std": vf.val_std,
-                 "far": vf.far_mean, "far_target": spec.val_far, "auc": area, "eer": eer_rate,
-                 "eer_threshold": eer_thr},
-        definitions={
-            "accuracy": f"mean held-out accuracy over {spec.n_folds} contiguous folds; same when d < threshold, "
-                        "d = squared L2 distance of unit embeddings",
-            "accuracy_std": "std over folds (population, ddof=0)",
-            "val": f"mean held-out TAR at the threshold interpolated to train FAR = {spec.val_far}",
-            "val_std": "std over folds (population, ddof=0)",
-            "far": "mean held-out FAR at the VAL thresholds",
-            "auc": "area under the exact ROC of all pairs (no folds, no grid)",
-            "eer": "equal error rate on the exact ROC of all pairs, linear between ROC points",
-            "roc": "held-out (FPR, TPR) at each accuracy-grid threshold, mean over folds (insightface)",
-        },
+                 "far": vf.far_mean, "far_target": spec.val_far, "auc": m.auc, "eer": m.eer.rate,
+                 "eer_threshold": m.eer.threshold},
+        definitions=_definitions(spec),
         folds=folds,
-        roc={"fpr": roc_fpr, "tpr": roc_tpr, "thresholds": spec.thresholds.values()},
+        roc={"fpr": m.roc.fpr, "tpr": m.roc.tpr, "thresholds": spec.thresholds.values()},
         timings={"load_s": t_load - t0, "metrics_s": t_metrics - t_load, "total_s": t_metrics - t0},
     )
-
-
-def _grid_dict(g: ThresholdGrid) -> dict[str, float]:
-    return {"start": g.start, "stop": g.stop, "step": g.step}

@@ -1,6 +1,6 @@
 """Pair-verification metrics: insightface-exact 10-fold accuracy, VAL@FAR, ROC, AUC, EER.
 
-Definitions (``PROTOCOLS.md`` §1; these are decisions):
+Definitions (``docs/protocols.md`` §1; these are decisions):
 
 - Embeddings are held in float64 (insightface collects network outputs in a float64 array) and
   L2-normalised row by row exactly as ``sklearn.preprocessing.normalize`` does (norm
@@ -21,18 +21,55 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-FLIP_MODES = ("none", "sum", "concat")
+from megabench.choices import FLIP_MODES
+from megabench.metrics import DegenerateMetricWarning
 
-#: insightface's grids: accuracy thresholds and VAL thresholds.
-ACCURACY_GRID = (0.0, 4.0, 0.01)
-VAL_GRID = (0.0, 4.0, 0.001)
+__all__ = [
+    "ACCURACY_GRID", "FLIP_MODES", "VAL_GRID", "DegenerateMetricWarning", "Eer", "FoldAccuracy", "FoldValFar",
+    "Roc", "ThresholdGrid", "auc", "eer", "exact_threshold_accuracy", "fold_bounds", "fold_roc", "fuse_flip",
+    "normalize_rows", "pair_distances", "roc_curve", "ten_fold_accuracy", "val_far",
+]
 
 
-class DegenerateMetricWarning(UserWarning):
-    """A metric is undefined for this input (e.g. a fold without negative pairs); it is NaN."""
+def _plain(value: Any) -> Any:
+    """numpy arrays and scalars -> lists and Python numbers (for JSON)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+@dataclass(frozen=True)
+class ThresholdGrid:
+    """``np.arange(start, stop, step)``: a distance threshold grid (stop excluded).
+
+    >>> ThresholdGrid(0.0, 0.05, 0.01).values().round(2).tolist()
+    [0.0, 0.01, 0.02, 0.03, 0.04]
+    """
+
+    start: float = 0.0
+    stop: float = 4.0
+    step: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not (self.step > 0 and self.stop > self.start):
+            raise ValueError(f"threshold grid needs step > 0 and stop > start, got {self}")
+
+    def values(self) -> np.ndarray:
+        return np.arange(self.start, self.stop, self.step)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"start": self.start, "stop": self.stop, "step": self.step}
+
+
+#: insightface's grids: accuracy thresholds (400 values) and VAL thresholds (4000 values).
+ACCURACY_GRID = ThresholdGrid(0.0, 4.0, 0.01)
+VAL_GRID = ThresholdGrid(0.0, 4.0, 0.001)
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,11 +147,6 @@ def fold_bounds(n: int, n_folds: int = 10) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(sizes)])
 
 
-def threshold_grid(start: float, stop: float, step: float) -> np.ndarray:
-    """``np.arange(start, stop, step)``: insightface's grid (same float values, stop excluded)."""
-    return np.arange(start, stop, step)
-
-
 def _check_pairs(dist: np.ndarray, issame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     dist = np.asarray(dist)
     issame = np.asarray(issame)
@@ -190,6 +222,11 @@ class FoldAccuracy:
         """Population standard deviation (ddof=0) over folds, as insightface reports it."""
         return float(np.std(self.accuracy))
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data: per-fold ``accuracy`` and ``threshold``, ``mean``, ``std`` (rates stay fractions)."""
+        return {"accuracy": _plain(self.accuracy), "threshold": _plain(self.threshold), "mean": self.mean,
+                "std": self.std}
+
 
 def ten_fold_accuracy(
     dist: np.ndarray,
@@ -207,7 +244,7 @@ def ten_fold_accuracy(
     (0 when a fold has no positives / negatives, as insightface).
     """
     dist, issame = _check_pairs(dist, issame)
-    thr = threshold_grid(*ACCURACY_GRID) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    thr = ACCURACY_GRID.values() if thresholds is None else np.asarray(thresholds, dtype=np.float64)
     bounds = fold_bounds(dist.size, n_folds)
     c = _fold_counts(dist, issame, bounds, thr)
     sizes = np.diff(bounds)
@@ -295,6 +332,12 @@ class FoldValFar:
     def far_mean(self) -> float:
         return float(np.mean(self.far))
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data: per-fold ``val``, ``far``, ``threshold``, and ``far_target``, ``val_mean``, ``val_std``."""
+        return {"val": _plain(self.val), "far": _plain(self.far), "threshold": _plain(self.threshold),
+                "far_target": self.far_target, "val_mean": self.val_mean, "val_std": self.val_std,
+                "far_mean": self.far_mean}
+
 
 def val_far(
     dist: np.ndarray,
@@ -313,7 +356,7 @@ def val_far(
     without same (diff) pairs gives NaN val (far) with a :class:`DegenerateMetricWarning`.
     """
     dist, issame = _check_pairs(dist, issame)
-    thr = threshold_grid(*VAL_GRID) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    thr = VAL_GRID.values() if thresholds is None else np.asarray(thresholds, dtype=np.float64)
     bounds = fold_bounds(dist.size, n_folds)
     c = _fold_counts(dist, issame, bounds, thr)
     n_f = len(bounds) - 1
@@ -351,24 +394,47 @@ def val_far(
 # --------------------------------------------------------------------------------------------
 # ROC, AUC, EER
 # --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Roc:
+    """A ROC curve: ``fpr``, ``tpr`` and ``thresholds``, each (T,), in curve order (see the producer)."""
+
+    fpr: np.ndarray
+    tpr: np.ndarray
+    thresholds: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fpr": _plain(self.fpr), "tpr": _plain(self.tpr), "thresholds": _plain(self.thresholds)}
+
+
+@dataclass(frozen=True)
+class Eer:
+    """Equal error rate ``rate`` (a fraction) and the distance ``threshold`` where it is reached."""
+
+    rate: float
+    threshold: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"rate": self.rate, "threshold": self.threshold}
+
+
 def fold_roc(
     dist: np.ndarray, issame: np.ndarray, *, thresholds: np.ndarray | None = None, n_folds: int = 10
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> Roc:
     """insightface's ROC: held-out (FPR, TPR) at each grid threshold, averaged over folds.
 
-    Returns ``(fpr, tpr, thresholds)``, each (T,), thresholds ascending (same when ``d < t``).
+    Returns a :class:`Roc` whose arrays are (T,), thresholds ascending (same when ``d < t``).
     """
     acc = ten_fold_accuracy(dist, issame, thresholds=thresholds, n_folds=n_folds)
-    return np.mean(acc.fpr, 0), np.mean(acc.tpr, 0), acc.thresholds
+    return Roc(np.mean(acc.fpr, 0), np.mean(acc.tpr, 0), acc.thresholds)
 
 
-def roc_curve(dist: np.ndarray, issame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def roc_curve(dist: np.ndarray, issame: np.ndarray) -> Roc:
     """Exact pooled ROC over all pairs (no folds, no grid); equal to sklearn's
     ``roc_curve(issame, -dist, drop_intermediate=False)``.
 
-    Returns ``(fpr, tpr, thresholds)``: point i predicts "same" for ``d <= thresholds[i]``; the
-    first point is (0, 0) with threshold -inf, then one point per distinct distance, ascending.
-    Rates are NaN (with a warning) when there are no same or no different pairs.
+    Returns a :class:`Roc`: point i predicts "same" for ``d <= thresholds[i]``; the first point is
+    (0, 0) with threshold -inf, then one point per distinct distance, ascending.
+    Rates are NaN (with a :class:`DegenerateMetricWarning`) when there are no same or no different pairs.
     """
     dist, issame = _check_pairs(dist, issame)
     u, inv = np.unique(dist, return_inverse=True)
@@ -381,7 +447,7 @@ def roc_curve(dist: np.ndarray, issame: np.ndarray) -> tuple[np.ndarray, np.ndar
     with np.errstate(invalid="ignore", divide="ignore"):
         tpr = tp / n_pos if n_pos else np.full(tp.shape, np.nan)
         fpr = fp / n_neg if n_neg else np.full(fp.shape, np.nan)
-    return fpr, tpr, np.concatenate([[-np.inf], u])
+    return Roc(fpr, tpr, np.concatenate([[-np.inf], u]))
 
 
 def auc(dist: np.ndarray, issame: np.ndarray) -> float:
@@ -389,27 +455,29 @@ def auc(dist: np.ndarray, issame: np.ndarray) -> float:
 
     Equals ``sklearn.metrics.roc_auc_score(issame, -dist)``. NaN without both classes.
     """
-    fpr, tpr, _ = roc_curve(dist, issame)
+    roc = roc_curve(dist, issame)
+    fpr, tpr = roc.fpr, roc.tpr
     if np.isnan(fpr).any() or np.isnan(tpr).any():
         return float("nan")
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
 
 
-def eer(dist: np.ndarray, issame: np.ndarray) -> tuple[float, float]:
+def eer(dist: np.ndarray, issame: np.ndarray) -> Eer:
     """Equal error rate on the exact pooled ROC, and the distance threshold where it is reached.
 
     The ROC is taken as the piecewise-linear curve through its points; the EER is the FPR where it
     meets ``FNR = FPR`` (``tpr = 1 - fpr``), the threshold is interpolated linearly on the same
     segment (between distinct distances; "same" when ``d <= threshold``). NaN without both classes.
     """
-    fpr, tpr, thr = roc_curve(dist, issame)
+    roc = roc_curve(dist, issame)
+    fpr, tpr, thr = roc.fpr, roc.tpr, roc.thresholds
     if np.isnan(fpr).any() or np.isnan(tpr).any():
-        return float("nan"), float("nan")
+        return Eer(float("nan"), float("nan"))
     g = tpr + fpr - 1.0  # non-decreasing from -1 to 1 along the curve
     i = int(np.argmax(g >= 0))
     if g[i] == 0 or i == 0:
-        return float(fpr[i]), float(thr[i] if i > 0 else thr[1])
+        return Eer(float(fpr[i]), float(thr[i] if i > 0 else thr[1]))
     a = -g[i - 1] / (g[i] - g[i - 1])
     rate = fpr[i - 1] + a * (fpr[i] - fpr[i - 1])
     t0 = thr[i - 1] if i > 1 else thr[1]
-    return float(rate), float(t0 + a * (thr[i] - t0))
+    return Eer(float(rate), float(t0 + a * (thr[i] - t0)))

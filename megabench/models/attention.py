@@ -16,7 +16,7 @@ from megabench.models.sca import SelfChannelAttention
 from megabench.models.ssa import SelfSpatialAttention
 from megabench.registry import Registry
 
-ATTENTION_REGISTRY: Registry[Callable[[int], nn.Module]] = Registry("attention")
+ATTENTION_REGISTRY: Registry[Callable[[int], nn.Module]] = Registry("attention", listing="megabench models --attention")
 
 for _pool in ("light", "avg", "max"):
     ATTENTION_REGISTRY.add(f"sca_{_pool}", functools.partial(SelfChannelAttention, pool=_pool, reduction=2))

@@ -25,7 +25,7 @@ from torch import nn
 from megabench.models.layers import _no_autocast
 from megabench.registry import Registry
 
-HEAD_REGISTRY: Registry = Registry("head")
+HEAD_REGISTRY: Registry = Registry("head", listing="megabench models --attention")
 COS_EPS = 1e-7
 
 

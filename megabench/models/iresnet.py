@@ -2,7 +2,7 @@
 
 Paper: Ling, Wu, Li, Ding, Zhang. "Self Residual Attention Network for Deep Face Recognition",
 IEEE Access 7, 2019 (SRANet). Backbone: Deng et al., "ArcFace", CVPR 2019 (IR block, "E" output).
-The structure the paper leaves implicit is fixed by ``../shared/design/MODELS.md``, whose evidence is
+The structure the paper leaves implicit is fixed in ``docs/models.md`` ("IR-ResNet"), whose evidence is
 the model-size column of the paper's Tables 1-2.
 
 Reading order: blocks -> model -> builder -> configs -> registered variants.
@@ -29,9 +29,7 @@ from torch import nn
 
 from megabench.models.attention import create_attention
 from megabench.models.preprocessing import Preprocessing
-from megabench.registry import Registry
-
-MODEL_REGISTRY: Registry = Registry("model")
+from megabench.models.registry import FaceModel, register_model
 
 
 # ---------------------------------------------------------------------------------------------- blocks
@@ -64,7 +62,7 @@ class IRBlock(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------- model
-class IResNet(nn.Module):
+class IResNet(FaceModel):
     """The IR-ResNet trunk with the "E" embedding output.
 
     Args:
@@ -146,49 +144,49 @@ SRA = ("sca_light", "ssa_light")
 
 
 # -------------------------------------------------------------------------------- registered variants
-@MODEL_REGISTRY.register()
+@register_model
 def iresnet50(**kwargs: Any) -> IResNet:
     """IR-50, the paper's baseline (Tables 1-3, 5)."""
     return build_model("iresnet50", IR50, kwargs)
 
 
-@MODEL_REGISTRY.register()
+@register_model
 def iresnet100(**kwargs: Any) -> IResNet:
     """IR-100, the large baseline (Table 5)."""
     return build_model("iresnet100", IR100, kwargs)
 
 
-@MODEL_REGISTRY.register()
+@register_model
 def scanet_r50(**kwargs: Any) -> IResNet:
     """SCANet: IR-50 with light SCA (Table 3)."""
     return build_model("scanet_r50", {**IR50, "attn_layers": ("sca_light",)}, kwargs)
 
 
-@MODEL_REGISTRY.register()
+@register_model
 def ssanet_r50(**kwargs: Any) -> IResNet:
     """SSANet: IR-50 with light SSA (Table 3)."""
     return build_model("ssanet_r50", {**IR50, "attn_layers": ("ssa_light",)}, kwargs)
 
 
-@MODEL_REGISTRY.register()
+@register_model
 def sranet_r50(**kwargs: Any) -> IResNet:
     """SRANet-R50: light SCA then light SSA on every block (Tables 3, 5)."""
     return build_model("sranet_r50", {**IR50, "attn_layers": SRA}, kwargs)
 
 
-@MODEL_REGISTRY.register()
+@register_model
 def sranet_r100(**kwargs: Any) -> IResNet:
     """SRANet-R100: the paper's large model (Tables 4, 5)."""
     return build_model("sranet_r100", {**IR100, "attn_layers": SRA}, kwargs)
 
 
-@MODEL_REGISTRY.register()
+@register_model
 def iresnet_tiny(**kwargs: Any) -> IResNet:
     """A tiny IR network (1 block per stage, widths 16-128, 64-d) for tests and the demo."""
     return build_model("iresnet_tiny", TINY, kwargs)
 
 
-@MODEL_REGISTRY.register()
+@register_model
 def sranet_tiny(**kwargs: Any) -> IResNet:
     """The tiny IR network with light SCA then light SSA, for tests and the demo."""
     return build_model("sranet_tiny", {**TINY, "attn_layers": SRA}, kwargs)
@@ -203,7 +201,7 @@ def _register_ablation(attn: str) -> None:
 
     variant.__name__ = variant.__qualname__ = name
     variant.__doc__ = f"IR-50 with {attn} after every block (Table {1 if attn.startswith('ssa') else 2})."
-    MODEL_REGISTRY.add(name, variant)
+    register_model(variant)
 
 
 for _attn in ("ssa_naive", "ssa_avg", "ssa_max", "ssa_light", "sca_naive", "sca_avg", "sca_max", "sca_light"):

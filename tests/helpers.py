@@ -1,0 +1,48 @@
+"""Helpers shared by several test files (import with ``from helpers import ...``; tests/ is on the path).
+
+Only things more than one test file needs live here; a helper used by one file stays in that file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner, Result
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+FIXTURES = TESTS / "fixtures"
+
+#: sha256 of the third-party files shipped verbatim, as published upstream (see each ATTRIBUTION.md).
+#: Pinned here, in the tests, so that an edited copy fails instead of silently redefining the original.
+UPSTREAM_SHA256 = {
+    "small_lfw.bin": "1ca73282b165bae35fe85d1c1009bfff3a931969b591e36390de4ef7cbf4c6be",
+    "facescrub_noises.txt": "36cf3633aaffde2c14eaeec9e29d54e623700d824acd4f1889a0c1a7f2610dd7",
+    "megaface_noises.txt": "91b57df18d4d48bade1e1af170ebd0aa2f2b4f5ee9aedac6a5163d13db49ef09",
+}
+
+
+def run_cli(*args: str, catch_exceptions: bool = True) -> Result:
+    """``megabench ARGS...`` in-process through click's CliRunner (stderr kept apart in ``.stderr``)."""
+    from megabench.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=catch_exceptions)
+
+
+def write_verification_spec(path: Path, n_pairs: int, *, name: str = "tiny", flip: str = "concat") -> Path:
+    """A small verification protocol file (insightface grids, 10 folds) for ``n_pairs`` pairs."""
+    path.write_text(f"""kind = "verification"
+name = "{name}"
+version = "0.1"
+n_pairs = {n_pairs}
+flip = "{flip}"
+[thresholds]
+start = 0.0
+stop = 4.0
+step = 0.01
+[val_thresholds]
+start = 0.0
+stop = 4.0
+step = 0.001
+""")
+    return path

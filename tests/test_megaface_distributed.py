@@ -108,3 +108,51 @@ def test_state_arrays_roundtrip_merge(n):
             np.testing.assert_array_equal(x.state["raw"][key], one.state["raw"][key])
         for t1, t2 in zip(x.state["raw"]["top"], one.state["raw"]["top"], strict=True):
             np.testing.assert_array_equal(t1, t2)
+
+
+def _resume_worker(rank: int, world: int, port: int, folder: str) -> None:
+    """A full sharded run writing per-rank states, then a --resume run from those states."""
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    import torch
+
+    torch.set_num_threads(1)
+    from megabench.engine.distributed import destroy, init_from_env
+    from megabench.fileio import dumps_json
+
+    info = init_from_env("cpu")
+    f = Path(folder)
+    kw = dict(probe_list=f / "fs.json", facescrub_noises=f / "fs_noise.txt", megaface_noises=f / "mf_noise.txt",
+              refine="insightface", progress=False, dist_info=info, state=f / "run.state.npz",
+              checkpoint_seconds=0)
+    try:
+        first = mf(spec(block_rows=29), f / "probes.h5", f / "dist.h5", **kw)
+        # max_blocks=0: any block left to score would stop the run, so every block must come from the states
+        again = mf(spec(block_rows=29), f / "probes.h5", f / "dist.h5", resume=True, max_blocks=0, **kw)
+    finally:
+        destroy(info)
+    if rank == 0:
+        (f / "resume_result.json").write_text(dumps_json({"first": first["variants"], "again": again["variants"],
+                                                          "fingerprint": first["input"]["fingerprint"]}))
+
+
+def test_sharded_resume_and_removal_of_every_rank_state(tmp_path):
+    import torch.multiprocessing as mp
+
+    from megabench.evaluation.megaface import remove_states
+
+    w = make_world(13)
+    write_world(w, tmp_path)
+    (tmp_path / "run.state.npz.rank7").write_text("not ours")
+    mp.start_processes(_resume_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
+                       start_method="spawn")
+    out = json.loads((tmp_path / "resume_result.json").read_text())
+    assert out["again"] == out["first"]
+    states = [tmp_path / f"run.state.npz.rank{r}" for r in range(2)]
+    assert all(p.exists() for p in states) and not (tmp_path / "run.state.npz").exists()
+    assert remove_states(tmp_path / "run.state.npz", "0" * 64, 2) == []  # another run's fingerprint: kept
+    assert remove_states(tmp_path / "run.state.npz", out["fingerprint"], 2) == states
+    assert not any(p.exists() for p in states)
+    assert (tmp_path / "run.state.npz.rank7").read_text() == "not ours"

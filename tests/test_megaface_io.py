@@ -154,3 +154,56 @@ def test_synthetic_set_structure(tmp_path):
     mfn = io.read_noise_list(tmp_path / "megaface_noises.txt")
     assert io.match_facescrub_noise(pl.paths, fsn)[1] == meta["n_mislabelled_probes"] == len(fsn) - 1
     assert io.match_megaface_noise(dpaths, mfn)[1] == meta["n_near_duplicates"] == len(mfn) - 1
+
+
+# --- issue 9: what the lists and stores may hold ---------------------------------------------------------
+def test_identity_names_and_whole_number_ids():
+    from megabench.data.megaface_io import identity_name, labels_from_ids
+
+    assert [identity_name(v, source="s") for v in ("Ann", 3, 3.0, np.int64(4))] == ["Ann", "3", "3", "4"]
+    for bad in (2.5, float("nan"), float("inf"), None, True, [1], ""):
+        with pytest.raises(DataError, match="^s: identity"):
+            identity_name(bad, source="s")
+    np.testing.assert_array_equal(labels_from_ids(np.array([5, 2, 5]), source="s"), [5, 2, 5])
+    np.testing.assert_array_equal(labels_from_ids(np.array([5.0, 2.0]), source="s"), [5, 2])
+    names = np.array([b"Zoe", b"Ann", b"Zoe"], dtype=object)
+    np.testing.assert_array_equal(labels_from_ids(names, source="s"), [1, 0, 1])
+    for bad in (np.array([1.0, 1.5]), np.array([1.0, np.nan])):
+        with pytest.raises(DataError, match="^s: 1 `ids` are not whole numbers"):
+            labels_from_ids(bad, source="s")
+
+
+def test_probe_list_refuses_repeats_and_empty(tmp_path):
+    from megabench.data.megaface_io import read_probe_list
+
+    p = tmp_path / "fs.json"
+    io.write_probe_list(p, ["a/1.png", "b/1.png", "a/1.png", "b/1.png", "c/1.png"], ["a", "b", "a", "b", "c"])
+    with pytest.raises(DataError, match=r"2 image\(s\) listed more than once \(first: \['a/1.png', 'b/1.png'\]"):
+        read_probe_list(p)
+    io.write_probe_list(p, [], [])
+    with pytest.raises(DataError, match="empty"):
+        read_probe_list(p)
+    p.write_text('{"path": ["a.png", "b.png"], "id": [1, 1.0]}')
+    assert read_probe_list(p).names == ("1", "1")  # the same identity, written two ways
+
+
+def test_noise_list_second_tab_field_and_encoding(tmp_path):
+    p = tmp_path / "n.txt"
+    p.write_text("#c\n375/x@N00/1_0.jpg\nid7\t375/y@N00/2_0.jpg\t0.93\n\n")
+    assert io.read_noise_list(p, tab_field=True) == ["375/x@N00/1_0.jpg", "375/y@N00/2_0.jpg"]
+    assert io.read_noise_list(p) == ["375/x@N00/1_0.jpg", "id7\t375/y@N00/2_0.jpg\t0.93"]
+    p.write_bytes(b"\xff\xfeA_1.png\n")
+    with pytest.raises(DataError, match=f"{p}: not a UTF-8"):
+        io.read_noise_list(p)
+
+
+@pytest.mark.parametrize("rel, ok", [("a/b.bin", True), ("a/../b.bin", True), ("../b.bin", False),
+                                     ("a/../../b.bin", False), ("/etc/passwd", False), ("", False)])
+def test_inside_root(tmp_path, rel, ok):
+    from megabench.data.megaface_io import inside_root
+
+    if ok:
+        assert tmp_path.resolve() in inside_root(tmp_path, rel, source="s").parents
+    else:
+        with pytest.raises(DataError, match="^s: "):
+            inside_root(tmp_path, rel, source="s")

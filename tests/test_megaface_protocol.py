@@ -102,25 +102,54 @@ def seed_rows(n, sizes, seed):
     return {s: perm[:s] for s in sizes}
 
 
+def _brute_variants(w, refine):
+    """{variant: (noise mode, probe vectors, probes kept)} by definition (float64)."""
+    P, labels, noisy_p = w["P"].astype(np.float64), w["labels"], w["noisy_p"]
+    variants = {"raw": ("none", P, np.ones(len(P), bool))}
+    if refine == "none":
+        return variants
+    Pv, keep = P.copy(), np.ones(len(P), bool)
+    if refine == "drop":
+        keep = ~noisy_p
+    for i in np.flatnonzero(noisy_p) if refine in ("insightface", "facex") else []:
+        mvec = P[(labels == labels[i]) & ~noisy_p].mean(0)
+        Pv[i] = mvec / np.linalg.norm(mvec)
+    variants["refined"] = (refine, Pv, keep)
+    return variants
+
+
+def _brute_trials(Sd, G, labels, keep, ties):
+    """Ranks (ordered pairs), tie count, genuine pair scores (unordered) and the probe slots used."""
+    ranks, n_tie, gen_pairs, slots = [], 0, [], []
+    for c in np.unique(labels):
+        mem = np.flatnonzero((labels == c) & keep)
+        if mem.size < 2:
+            continue
+        slots.extend(mem.tolist())
+        for j, i in ((j, i) for j in mem for i in mem if i != j):
+            g, col = G[j, i], Sd[:, j]
+            ranks.append(int((col >= g).sum()) if ties == "conservative" else int((col > g).sum()))
+            n_tie += bool((col == g).any())
+        gen_pairs += [G[mem[a], mem[b]] for a in range(mem.size) for b in range(a + 1, mem.size)]
+    return ranks, n_tie, np.array(gen_pairs), slots
+
+
+def _brute_tars(imp, gen):
+    tars = {}
+    for f in FARS:
+        k = max(1, math.ceil(Fraction(repr(f)) * imp.size))
+        tau = imp[k - 1]
+        tars[f"{f:.0e}"] = {"tar": float((gen > tau).mean()), "threshold": float(tau),
+                            "far": float((imp > tau).sum() / imp.size), "n_impostors": int(imp.size),
+                            "n_genuine": int(gen.size)}
+    return tars
+
+
 def brute(w, size_rows, refine, ties):
     """The protocol by definition from the full score matrix (float64, exact here)."""
-    P, labels = w["P"].astype(np.float64), w["labels"]
-    X = w["X"].astype(np.float64)
-    noisy_p, noisy_d = w["noisy_p"], w["noisy_d"]
-    variants = {"raw": ("none", P, np.ones(len(P), bool))}
-    if refine != "none":
-        Pv = P.copy()
-        keep = np.ones(len(P), bool)
-        if refine in ("insightface", "facex"):
-            for i in np.flatnonzero(noisy_p):
-                clean = (labels == labels[i]) & ~noisy_p
-                mvec = P[clean].mean(0)
-                Pv[i] = mvec / np.linalg.norm(mvec)
-        else:
-            keep = ~noisy_p
-        variants["refined"] = (refine, Pv, keep)
+    X, labels, noisy_d = w["X"].astype(np.float64), w["labels"], w["noisy_d"]
     out = {}
-    for name, (mode, Pv, keep) in variants.items():
+    for name, (mode, Pv, keep) in _brute_variants(w, refine).items():
         out[name] = {}
         for s, rows in size_rows.items():
             rows = np.asarray(rows)
@@ -128,40 +157,11 @@ def brute(w, size_rows, refine, ties):
             if mode == "drop":
                 rows, nd = rows[~nd], nd[~nd]
             Sd = X[rows] @ Pv.T
-            if mode == "insightface":
-                Sd[nd] = -np.inf
-            elif mode == "facex":
-                Sd[nd] = 0.0
-            G = Pv @ Pv.T
-            ranks, n_tie, gen_pairs, slots = [], 0, [], []
-            for c in np.unique(labels):
-                mem = np.flatnonzero((labels == c) & keep)
-                if mem.size < 2:
-                    continue
-                slots.extend(mem.tolist())
-                for j in mem:
-                    for i in mem:
-                        if i == j:
-                            continue
-                        g = G[j, i]
-                        col = Sd[:, j]
-                        r = int((col >= g).sum()) if ties == "conservative" else int((col > g).sum())
-                        ranks.append(r)
-                        n_tie += bool((col == g).any())
-                for a in range(mem.size):
-                    for b in range(a + 1, mem.size):
-                        gen_pairs.append(G[mem[a], mem[b]])
+            Sd[nd] = {"insightface": -np.inf, "facex": 0.0}.get(mode, Sd[nd])
+            ranks, n_tie, gen, slots = _brute_trials(Sd, Pv @ Pv.T, labels, keep, ties)
             imp = np.sort(Sd[:, sorted(slots)].ravel())[::-1]
-            gen = np.array(gen_pairs)
-            tars = {}
-            for f in FARS:
-                k = max(1, math.ceil(Fraction(repr(f)) * imp.size))
-                tau = imp[k - 1]
-                tars[f"{f:.0e}"] = {"tar": float((gen > tau).mean()), "threshold": float(tau),
-                                    "far": float((imp > tau).sum() / imp.size), "n_impostors": int(imp.size),
-                                    "n_genuine": int(gen.size)}
             out[name][str(s)] = {"ranks": np.sort(ranks), "ties": n_tie, "n_distractors": int(len(rows)),
-                                 "tar": tars, "imp": imp}
+                                 "tar": _brute_tars(imp, gen), "imp": imp}
     return out
 
 

@@ -86,7 +86,7 @@ def _write_outputs(result: dict, out: str | None, devkit_json: str | None, alg: 
 @click.option("--block-rows", type=int, default=None, help="Distractors per GEMM block (memory ~ probes x block).")
 @click.option("--spec", default="megaface_c1", help="Protocol spec name or TOML path.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Result JSON.")
-@click.option("--devkit-json", type=click.Path(file_okay=False), default=None,
+@click.option("--devkit-json", type=click.Path(), default=None,
               help="Also write devkit cmc_facescrub_megaface_<alg>_<size>_1.json files here.")
 @click.option("--alg", default="megabench", help="Algorithm name in the devkit file names.")
 @click.option("--state", type=click.Path(dir_okay=False), default=None,
@@ -98,9 +98,10 @@ def _write_outputs(result: dict, out: str | None, devkit_json: str | None, alg: 
 @click.option("--synthetic", type=int, default=None, metavar="N",
               help="Generate (cached) a synthetic set with N distractors and run the whole protocol on it.")
 @click.option("--dim", type=int, default=512, help="Feature dimension for --synthetic.")
+@click.option("--force", is_flag=True, help="Replace an existing --out that is not a megabench result.")
 @click.option("--max-blocks", type=int, default=None, hidden=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def megaface(spec, out, devkit_json, alg, synthetic, dim, quiet, **kw) -> None:
+def megaface(spec, out, devkit_json, alg, synthetic, dim, force, quiet, **kw) -> None:
     """MegaFace Challenge 1: exact CMC / rank-1 and TAR@FAR, raw and refined side by side.
 
     Run under `torchrun --nproc-per-node K megabench megaface ...` to shard the distractors over K ranks.
@@ -118,7 +119,7 @@ def megaface(spec, out, devkit_json, alg, synthetic, dim, quiet, **kw) -> None:
         if synthetic is not None:
             synth = _synthetic_inputs(synthetic, dim, info, quiet)
             options = MegafaceOptions(**{**kw, **{k: kw[k] or v for k, v in synth.items()}}, progress=not quiet)
-        check_outputs(spec_obj, options, out=out, devkit_json=devkit_json)
+        check_outputs(spec_obj, options, out=out, devkit_json=devkit_json, force=force)
         result = run_megaface(spec_obj, options, dist_info=info, echo=click.echo)
     finally:
         destroy(info)
@@ -138,11 +139,14 @@ def megaface(spec, out, devkit_json, alg, synthetic, dim, quiet, **kw) -> None:
 @click.option("--to", type=click.Choice(["store", "matio"]), default="store", show_default=True)
 @click.option("--float16", is_flag=True, help="Store features as float16 (computed in float32).")
 @click.option("--allow-missing", is_flag=True, help="Skip (and count) listed paths without a feature file.")
+@click.option("--force", is_flag=True, help="Replace an existing --store that is not a feature store.")
 @click.option("--quiet", is_flag=True)
-def convert(root, list_file, store, file_ending, to, float16, allow_missing, quiet) -> None:
+def convert(root, list_file, store, file_ending, to, float16, allow_missing, force, quiet) -> None:
     """Move devkit matio features into an HDF5 feature store (--to store) or back (--to matio)."""
     from megabench.data import megaface_io as io
+    from megabench.data.feature_store import is_feature_store
     from megabench.errors import MegabenchError
+    from megabench.fileio import check_output
 
     if to == "matio":
         n = io.store_to_matio(store, root, file_ending=file_ending, progress=not quiet)
@@ -150,18 +154,11 @@ def convert(root, list_file, store, file_ending, to, float16, allow_missing, qui
         return
     if not list_file:
         raise MegabenchError("convert --to store needs --list (the devkit template list naming the images)")
-    import json
-
-    data = json.loads(Path(list_file).read_text(encoding="utf-8"))
-    ids = None
-    if "id" in data:
-        pl = io.read_probe_list(list_file)
-        paths, ids = list(pl.paths), pl.labels()
-    else:
-        paths = io.read_distractor_list(list_file)
+    check_output(store, inputs=[list_file, root], force=force, replaceable=is_feature_store, option="--store")
+    paths, ids = io.read_template_list(list_file)
     rep = io.matio_to_store(root, paths, store, file_ending=file_ending, ids=ids,
                             dtype="float16" if float16 else "float32", allow_missing=allow_missing,
-                            progress=not quiet)
+                            progress=not quiet, source=str(list_file))
     click.echo(f"wrote {rep.written} features to {store}; missing {rep.missing}"
                + (f" (first: {list(rep.first_missing)})" if rep.missing else ""))
 

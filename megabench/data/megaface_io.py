@@ -57,18 +57,108 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+def duplicates(items: Sequence[str]) -> list[str]:
+    """The entries that occur more than once, in order of their second occurrence (each once)."""
+    seen: set[str] = set()
+    dup: dict[str, None] = {}
+    for x in items:
+        if x in seen:
+            dup[x] = None
+        seen.add(x)
+    return list(dup)
+
+
+def _check_paths(path: Path, paths: list, what: str) -> list[str]:
+    """Non-empty list of distinct non-empty strings, else :class:`DataError` naming ``path``."""
+    if not paths:
+        raise DataError(f"{path}: the {what} list is empty; a devkit template list names at least one image")
+    bad = [p for p in paths if not isinstance(p, str) or not p]
+    if bad:
+        raise DataError(f"{path}: `path` entries must be non-empty strings (first bad: {bad[:3]!r})")
+    dup = duplicates(paths)
+    if dup:
+        raise DataError(f"{path}: {len(dup)} image(s) listed more than once (first: {dup[:5]}); each image may be "
+                        "listed once (repeats would count its trials twice)")
+    return paths
+
+
+def identity_name(value: object, *, source: str) -> str:
+    """An identity as a name: strings as they are, integers (and integral floats) as decimal text.
+
+    Fractional, NaN or infinite floats, booleans, null and containers are :class:`DataError`.
+    """
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise DataError(f"{source}: identity {value!r} is neither a name nor a whole number")
+    if isinstance(value, (float, np.floating)) and not (np.isfinite(value) and float(value).is_integer()):
+        raise DataError(f"{source}: identity {value!r} is not a whole number (fractional, NaN or inf ids would "
+                        "merge or invent identities); store integer labels or identity names")
+    return str(int(value))
+
+
 def read_probe_list(path: str | os.PathLike) -> ProbeList:
-    """Read ``facescrub_features_list.json`` (``path`` and ``id`` lists of equal length)."""
+    """Read ``facescrub_features_list.json`` (``path`` and ``id`` lists of equal length).
+
+    Paths must be distinct; ids are names (strings) or whole numbers (see :func:`identity_name`).
+    """
     data = _read_json(Path(path))
     ids = data.get("id")
     if not isinstance(ids, list) or len(ids) != len(data["path"]):
         raise DataError(f"{path}: needs an `id` list as long as `path` ({len(data['path'])} entries)")
-    return ProbeList(tuple(str(p) for p in data["path"]), tuple(str(i) for i in ids))
+    paths = _check_paths(Path(path), data["path"], "probe")
+    return ProbeList(tuple(paths), tuple(identity_name(i, source=f"{path}: entry {k}") for k, i in enumerate(ids)))
 
 
 def read_distractor_list(path: str | os.PathLike) -> list[str]:
-    """Read ``megaface_features_list.json_<size>_<set>`` -> list of relative paths."""
-    return [str(p) for p in _read_json(Path(path))["path"]]
+    """Read ``megaface_features_list.json_<size>_<set>`` -> list of distinct relative paths."""
+    return _check_paths(Path(path), _read_json(Path(path))["path"], "distractor")
+
+
+def read_template_list(path: str | os.PathLike) -> tuple[list[str], np.ndarray | None]:
+    """Either template list: (paths, int64 labels or None) -- labels when the list has an ``id`` list."""
+    data = _read_json(Path(path))
+    if "id" in data:
+        pl = read_probe_list(path)
+        return list(pl.paths), pl.labels()
+    return read_distractor_list(path), None
+
+
+def labels_from_ids(ids: np.ndarray, *, source: str) -> np.ndarray:
+    """int64 labels from a store's raw ``ids`` (integers, integral floats, or identity-name strings).
+
+    Names map to 0..C-1 in sorted-name order; fractional / NaN / inf floats are :class:`DataError`.
+    """
+    ids = np.asarray(ids)
+    if ids.dtype.kind in "iu":
+        return ids.astype(np.int64)
+    if ids.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(ids) | (ids != np.round(ids)))
+        if bad.size:
+            raise DataError(f"{source}: {bad.size} `ids` are not whole numbers (first rows {bad[:5].tolist()}: "
+                            f"{ids[bad[:3]].tolist()}); store integer labels or identity names")
+        return ids.astype(np.int64)
+    if ids.dtype.kind in "SOU":
+        names = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in ids.tolist()]
+        uniq = {n: i for i, n in enumerate(sorted(set(names)))}
+        return np.array([uniq[n] for n in names], dtype=np.int64)
+    raise DataError(f"{source}: `ids` of dtype {ids.dtype} are neither labels nor identity names")
+
+
+def read_store_labels(path: str | os.PathLike) -> np.ndarray | None:
+    """The ``ids`` of a feature store as int64 labels (:func:`labels_from_ids`); None without ``ids``."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h5:
+            if "ids" not in h5:
+                return None
+            if not isinstance(h5["ids"], h5py.Dataset) or h5["ids"].ndim != 1:
+                raise DataError(f"{path}: `ids` must be a 1-D dataset")
+            raw = h5["ids"][:]
+    except OSError as exc:
+        raise DataError(f"{path}: not an HDF5 feature store ({exc})") from None
+    return labels_from_ids(raw, source=str(path))
 
 
 def write_probe_list(path: str | os.PathLike, paths: Sequence[str], names: Sequence[str]) -> Path:
@@ -103,6 +193,28 @@ def distractor_list_files(folder: str | os.PathLike, set_id: int | None = None) 
     if set_id not in found:
         raise DataError(f"{folder}: no lists for set {set_id} (sets present: {sorted(found)})")
     return dict(sorted(found[set_id].items()))
+
+
+def open_store(path: str | os.PathLike, role: str):
+    """:func:`~megabench.data.feature_store.open_features` after a layout check of ``features`` (a group or a
+    non-2-D dataset is a one-line :class:`DataError` naming the file and its ``role``, e.g. ``--probes``)."""
+    import h5py
+
+    from megabench.data.feature_store import open_features
+
+    if Path(path).is_dir():
+        raise DataError(f"{path}: {role} is a folder; give the HDF5 feature store file")
+    try:
+        with h5py.File(path, "r") as h5:
+            f = h5.get("features")
+            if f is not None and not isinstance(f, h5py.Dataset):
+                raise DataError(f"{path}: {role}: `features` is an HDF5 group, not an (N, D) dataset; not a "
+                                "megabench feature store")
+            if f is not None and f.ndim != 2:
+                raise DataError(f"{path}: {role}: `features` must be 2-D (N, D), found shape {f.shape}")
+    except OSError:
+        pass  # missing / not HDF5: open_features says so
+    return open_features(path)
 
 
 # --- matio ------------------------------------------------------------------------------------------
@@ -194,6 +306,16 @@ def match_megaface_noise(paths: Sequence[str], noise: Sequence[str]) -> tuple[np
 
 
 # --- conversion -----------------------------------------------------------------------------------
+def inside_root(root: Path, relpath: str, *, source: str) -> Path:
+    """``root / relpath`` resolved, refused (:class:`DataError`) when absolute or leaving ``root``."""
+    from megabench.fileio import resolve_inside
+
+    if os.path.isabs(relpath) or relpath.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", relpath):
+        raise DataError(f"{source}: path {relpath!r} is absolute; refused: entries must be relative paths "
+                        f"inside {root}")
+    return resolve_inside(root, relpath, source=source)
+
+
 @dataclass(frozen=True)
 class ConvertReport:
     """What :func:`matio_to_store` did: rows written and listed paths without a feature file."""
@@ -213,6 +335,7 @@ def matio_to_store(
     dtype: str = "float32",
     allow_missing: bool = False,
     progress: bool = True,
+    source: str = "",
 ) -> ConvertReport:
     """Pack ``<root>/<path><file_ending>`` for every listed path into an HDF5 feature store.
 
@@ -224,7 +347,7 @@ def matio_to_store(
     from megabench.data.feature_store import FeatureStoreWriter, StoreMeta
 
     root = Path(root)
-    files = [root / f"{p}{file_ending}" for p in paths]
+    files = [inside_root(root, f"{p}{file_ending}", source=source or "list") for p in paths]
     present = [f.is_file() for f in files]
     missing = [p for p, ok in zip(paths, present, strict=True) if not ok]
     if missing and not allow_missing:
@@ -260,15 +383,20 @@ def store_to_matio(
     """Write every row of a feature store as ``<root>/<path><file_ending>``; returns the count."""
     from tqdm import tqdm
 
-    from megabench.data.feature_store import open_features
-
     root = Path(root)
-    with open_features(store) as fs:
+    with open_store(store, "--store") as fs:
         paths = fs.paths()
+        dup = duplicates(paths)
+        if dup:
+            raise DataError(f"{store}: {len(dup)} paths occur more than once (first: {dup[:5]}); their matio files "
+                            "would overwrite each other: fix the store's `paths`")
+        targets = [inside_root(root, f"{p}{file_ending}", source=str(store)) for p in paths]
+        if any(t == Path(store).resolve() for t in targets):
+            raise DataError(f"{store}: a matio file would be written over the store itself; choose another --root")
         bar = tqdm(total=fs.n, unit="feat", desc="export", disable=not progress)
         for lo, block in fs.iter_blocks(4096):
             for k, v in enumerate(block):
-                target = root / f"{paths[lo + k]}{file_ending}"
+                target = targets[lo + k]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(matio_bytes(v))
             bar.update(len(block))

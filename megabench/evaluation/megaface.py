@@ -108,7 +108,7 @@ def check_sizes(sizes) -> tuple[int, ...] | None:
         if isinstance(s, bool) or not isinstance(s, (int, float, np.integer, np.floating)):
             raise MegabenchError(f"--sizes: {s!r} is not a number; give positive whole numbers, e.g. 10,100,1000")
         if not math.isfinite(s) or s != int(s) or s < 1:
-            raise MegabenchError(f"--sizes: {s!r} is not a positive whole number of distractors; "
+            raise MegabenchError(f"--sizes: {s:g} is not a positive whole number of distractors; "
                                  "give e.g. 10,100,1000")
         out.append(int(s))
     if not out:
@@ -208,32 +208,51 @@ class Probes:
     meta: Any = None  # StoreMeta of the probe store (model, checkpoint, preprocessing)
 
 
+def _rows_for_list(store_path, paths: list[str], probe_list, listed: tuple[str, ...]) -> np.ndarray:
+    """Store rows of the listed probe paths; missing or ambiguous (duplicated in the store) -> DataError."""
+    from megabench.data.megaface_io import duplicates
+
+    index = {p: i for i, p in enumerate(paths)}
+    missing = [p for p in listed if p not in index]
+    if missing:
+        raise DataError(f"{store_path}: {len(missing)} of {len(listed)} paths of {probe_list} have no feature "
+                        f"(first: {missing[:5]}); extract them or convert the matio tree again")
+    ambiguous = sorted(set(duplicates(paths)) & set(listed))
+    if ambiguous:
+        raise DataError(f"{store_path}: {len(ambiguous)} listed probe path(s) occur more than once in the store "
+                        f"(first: {ambiguous[:5]}); which row is meant is ambiguous: fix the store's `paths`")
+    return np.array([index[p] for p in listed], dtype=np.int64)
+
+
 def load_probes(store_path: str | os.PathLike, probe_list: str | os.PathLike | None = None) -> Probes:
-    """Probe features in list order (or store order), L2-normalised; identities from the list or the store."""
+    """Probe features in list order (or store order), L2-normalised; identities from the list or the store.
+
+    Store ``ids`` may be integers or identity names (strings; mapped to labels); a store without a list
+    must not repeat a path. Empty probe sets are :class:`DataError`.
+    """
     import torch
 
-    from megabench.data.feature_store import open_features
-    from megabench.data.megaface_io import read_probe_list
+    from megabench.data.megaface_io import duplicates, open_store, read_probe_list, read_store_labels
     from megabench.metrics.search import normalize_block
 
-    with open_features(store_path) as fs:
+    with open_store(store_path, "--probes") as fs:
         paths = fs.paths()
         x = fs.read()
-        ids = fs.ids()
         meta = fs.meta
     if probe_list is not None:
         pl = read_probe_list(probe_list)
-        index = {p: i for i, p in enumerate(paths)}
-        missing = [p for p in pl.paths if p not in index]
-        if missing:
-            raise DataError(f"{store_path}: {len(missing)} of {len(pl.paths)} paths of {probe_list} have no feature "
-                            f"(first: {missing[:5]}); extract them or convert the matio tree again")
-        rows = np.array([index[p] for p in pl.paths], dtype=np.int64)
+        rows = _rows_for_list(store_path, paths, probe_list, pl.paths)
         x, paths, labels = x[rows], list(pl.paths), pl.labels()
     else:
-        if ids is None:
+        labels = read_store_labels(store_path)
+        if labels is None:
             raise DataError(f"{store_path}: probe store has no `ids`; pass --probe-list facescrub_features_list.json")
-        labels = ids
+        dup = duplicates(paths)
+        if dup:
+            raise DataError(f"{store_path}: {len(dup)} probe path(s) occur more than once (first: {dup[:5]}); "
+                            "repeated probes would count their trials twice: fix the store or pass --probe-list")
+    if x.shape[0] == 0:
+        raise DataError(f"{store_path}: no probe features; the probe set must not be empty")
     xt = normalize_block(torch.from_numpy(np.ascontiguousarray(x)), source=str(store_path))
     return Probes(xt.numpy(), np.asarray(labels, np.int64), paths, meta)
 
@@ -279,7 +298,11 @@ def _membership_from_rows(sizes: list[int], rows_per_size: list[np.ndarray], n_s
 
 
 def membership_from_lists(store_paths: list[str], lists: dict[int, list[str]], source: str) -> Membership:
+    """Membership from devkit lists: every listed path must name exactly one store row."""
+    from megabench.data.megaface_io import duplicates
+
     index = {p: i for i, p in enumerate(store_paths)}
+    repeated = set(duplicates(store_paths))
     sizes = sorted(lists)
     rows = []
     for s in sizes:
@@ -287,6 +310,10 @@ def membership_from_lists(store_paths: list[str], lists: dict[int, list[str]], s
         if missing:
             raise DataError(f"{source}: {len(missing)} of {len(lists[s])} paths of the size-{s} list have no feature "
                             f"in the distractor store (first: {missing[:5]}); convert or extract them")
+        ambiguous = [p for p in lists[s] if p in repeated]
+        if ambiguous:
+            raise DataError(f"{source}: {len(ambiguous)} paths of the size-{s} list occur more than once in the "
+                            f"distractor store (first: {ambiguous[:5]}); fix the store's `paths`")
         r = np.array([index[p] for p in lists[s]], dtype=np.int64)
         if np.unique(r).size != r.size:
             raise DataError(f"{source}: the size-{s} list names some images twice")
@@ -443,8 +470,8 @@ def _read_state_arrays(path: Path) -> dict[str, np.ndarray]:
             return {k.replace("|", "/"): z[k] for k in z.files}
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         reason = str(exc) or type(exc).__name__
-        raise DataError(f"{path}: unreadable resume state ({reason}); delete it to start afresh, or point "
-                        "--state elsewhere") from None
+        raise DataError(f"{path}: unreadable resume state ({reason}); left as it is: delete it to start "
+                        "afresh, or point --state elsewhere") from None
 
 
 def _text(a: np.ndarray | None) -> str:
@@ -517,7 +544,11 @@ def check_state_target(path: str | os.PathLike) -> None:
     path = Path(path)
     if path.is_dir():
         raise MegabenchError(f"{path}: --state is a folder; give a file path for the resume state")
-    if path.exists() and state_marker(path) is None:
+    if not path.exists():
+        return
+    with open(path, "rb") as fh:
+        is_zip = fh.read(4) == b"PK\x03\x04"
+    if not is_zip or _text(_read_state_arrays(path).get("__magic__")) != STATE_MAGIC:
         raise MegabenchError(f"{path}: exists and is not a megabench resume state; refusing to overwrite it: "
                              "point --state at a new file")
 
@@ -541,8 +572,8 @@ def check_device(device: str) -> None:
 
     try:
         dev = torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise MegabenchError(f"--device {device!r}: not a device ({exc}); use cpu, cuda or cuda:N") from None
+    except (RuntimeError, ValueError):
+        raise MegabenchError(f"--device {device!r}: not a device torch knows; use cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise MegabenchError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
@@ -641,6 +672,30 @@ def impostor_sample(store, membership: Membership, probes: Probes) -> np.ndarray
     return (xs @ torch.from_numpy(probes.features).T).numpy()
 
 
+#: a sampled distractor row scoring at least this with some probe is that probe's copy
+SAME_ROW_SCORE = 1.0 - 1e-6
+#: more than this fraction of copies among the sampled distractors: the probe set given as distractors
+MAX_COPY_FRACTION = 0.5
+
+
+def check_overlap(probes: Probes, store_paths: list[str], membership: Membership, sample_scores: np.ndarray,
+                  source: str) -> None:
+    """Refuse distractors that are the probes: a used distractor path equal to a probe path, or most of the
+    sampled distractor rows identical to some probe (score >= SAME_ROW_SCORE). A few copies are real MegaFace
+    noise (the noise lists name them) and pass."""
+    used = {store_paths[i] for i in np.flatnonzero(membership.row_class >= 0)}
+    shared = [p for p in probes.paths if p in used]
+    if shared:
+        raise DataError(f"{source}: {len(shared)} distractor path(s) are probe paths (first: {shared[:3]}); the "
+                        "probe store was probably given as --distractors: pass the MegaFace distractor store")
+    if sample_scores.shape[0] >= 10:
+        copies = float((sample_scores.max(axis=1) >= SAME_ROW_SCORE).mean())
+        if copies > MAX_COPY_FRACTION:
+            raise DataError(f"{source}: {copies:.0%} of {sample_scores.shape[0]} sampled distractors are identical "
+                            "to probes; the probe features were probably given as --distractors: pass the MegaFace "
+                            "distractor store")
+
+
 @dataclass
 class MegafaceInputs:
     """Everything read before the pass: probes, the open distractor store, membership, noise, a sample."""
@@ -659,10 +714,10 @@ class MegafaceInputs:
 
 def load_inputs(spec: MegafaceSpec, opts: MegafaceOptions) -> MegafaceInputs:
     """Read and cross-check the inputs of a run (``opts`` resolved); the caller closes the store."""
-    from megabench.data.feature_store import open_features
+    from megabench.data.megaface_io import open_store
 
     probes = load_probes(opts.probes, opts.probe_list)
-    store = open_features(opts.distractors)
+    store = open_store(opts.distractors, "--distractors")
     try:
         if store.dim != probes.features.shape[1]:
             raise DataError(f"{opts.distractors}: distractor features have dimension {store.dim} but the probes "
@@ -670,8 +725,9 @@ def load_inputs(spec: MegafaceSpec, opts: MegafaceOptions) -> MegafaceInputs:
         _warn_if_models_differ(probes.meta, store.meta, str(opts.probes), str(opts.distractors))
         store_paths = store.paths()
         membership, lists_sha = distractor_membership(spec, opts, store_paths, str(opts.distractors))
-        noise = match_noise(spec, opts, probes.paths, store_paths, membership)
         sample = impostor_sample(store, membership, probes)
+        check_overlap(probes, store_paths, membership, sample, str(opts.distractors))
+        noise = match_noise(spec, opts, probes.paths, store_paths, membership)
     except BaseException:
         store.close()
         raise
@@ -865,60 +921,35 @@ def assemble_result(spec: MegafaceSpec, opts: MegafaceOptions, inputs: MegafaceI
 
 
 # --- outputs never over inputs ---------------------------------------------------------------------
-def _same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    a, b = Path(a), Path(b)
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
+def check_outputs(spec: MegafaceSpec, opts: MegafaceOptions, *, out: PathArg = None, devkit_json: PathArg = None,
+                  force: bool = False) -> None:
+    """Before any work: no output (``out``, ``opts.state``, ``devkit_json``) is an input of the run or another
+    output; each can be written; ``state`` is absent or a megabench resume state (``force`` never changes
+    that); an existing ``out`` is replaced only when it is a megabench result, or with ``force``."""
+    from megabench.fileio import check_output, check_output_dir, same_file
+    from megabench.results import is_result_file
 
-
-def check_writable(path: str | os.PathLike, what: str, *, folder: bool = False) -> None:
-    """:class:`MegabenchError` unless ``path`` (a file, or a folder with ``folder``) can be written:
-    tried with a temporary file in its nearest existing folder (which is removed again)."""
-    import tempfile
-
-    path = Path(path)
-    if path.exists() and path.is_dir() != folder:
-        kind = "a folder" if path.is_dir() else "a file"
-        raise MegabenchError(f"{path}: {what} is {kind}; give a {'folder' if folder else 'file'} path")
-    probe = path if folder else path.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise MegabenchError(f"{path}: {what} cannot be created ({probe} is not a folder)")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".megabench-write-check.", dir=probe)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as exc:
-        raise MegabenchError(f"{path}: {what} is not writable ({exc.strerror or exc}); choose a writable "
-                             "place before the pass is run") from None
-
-
-def check_outputs(spec: MegafaceSpec, opts: MegafaceOptions, *, out: PathArg = None,
-                  devkit_json: PathArg = None) -> None:
-    """Before any work: no output (``out``, ``opts.state``, ``devkit_json``) is an input of the run or
-    another output, each can be written, and ``state`` is absent or a megabench resume state."""
-    outputs = {k: Path(v) for k, v in (("--out", out), ("--state", opts.state), ("--devkit-json", devkit_json))
-               if v is not None}
     inputs = opts.input_files(spec)
-    for oname, opath in outputs.items():
-        for iname, ipath in inputs.items():
-            if _same_path(opath, ipath):
-                raise MegabenchError(f"{opath}: {oname} is the run's input {iname}; refusing to write over an "
-                                     f"input: choose another {oname}")
+    outputs = {k: v for k, v in (("--out", out), ("--state", opts.state), ("--devkit-json", devkit_json))
+               if v is not None}
     names = list(outputs)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            if _same_path(outputs[a], outputs[b]):
+            if same_file(outputs[a], outputs[b]):
                 raise MegabenchError(f"{outputs[a]}: {a} and {b} name the same path; give them different paths")
-    for oname, opath in outputs.items():
-        check_writable(opath, oname, folder=oname == "--devkit-json")
+    if out is not None:
+        check_output(out, inputs=inputs.values(), force=force, replaceable=is_result_file, option="--out")
+    if devkit_json is not None:
+        hit = [k for k, v in inputs.items() if same_file(devkit_json, v)]
+        if hit:
+            raise MegabenchError(f"{devkit_json}: --devkit-json is the run's input {hit[0]}; choose another folder")
+        check_output_dir(devkit_json, [], inputs=inputs.values(), option="--devkit-json")
     if opts.state is not None:
+        if any(same_file(opts.state, v) for v in inputs.values()):
+            raise MegabenchError(f"{opts.state}: --state is an input of this run; choose another --state")
         check_state_target(opts.state)
+        check_output(opts.state, inputs=inputs.values(), replaceable=lambda p: state_marker(p) is not None,
+                     option="--state")
 
 
 # --- the run ----------------------------------------------------------------------------------------

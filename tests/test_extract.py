@@ -55,8 +55,8 @@ def test_extract_wrong_model_and_wrong_size(tmp_path, small_lfw_bin):
     assert res.exit_code == 1 and "iresnet_tiny" in res.output and "sranet_tiny" in res.output
     small = [np.full((64, 64, 3), 100, np.uint8)] * 2
     write_bin(tmp_path / "small.bin", small, [True])
-    res = CliRunner().invoke(cli, ["extract", "--model", "iresnet_tiny", "--pairs", str(tmp_path / "small.bin"),
-                                   "--out", str(tmp_path / "g.h5"), "--quiet"])
+    res = CliRunner().invoke(cli, ["extract", "--model", "iresnet_tiny", "--random-weights", "--pairs",
+                                   str(tmp_path / "small.bin"), "--out", str(tmp_path / "g.h5"), "--quiet"])
     assert res.exit_code == 1 and "64x64" in res.output and "align" in res.output
     assert not (tmp_path / "g.h5").exists() and not (tmp_path / "f.h5").exists()
 
@@ -69,6 +69,6 @@ def test_extract_needs_a_model(tmp_path, small_lfw_bin):
 def test_extract_truncated_pack(tmp_path, small_lfw_bin):
     data = small_lfw_bin.read_bytes()
     (tmp_path / "t.bin").write_bytes(data[: len(data) // 2])
-    res = CliRunner().invoke(cli, ["extract", "--model", "iresnet_tiny", "--pairs", str(tmp_path / "t.bin"),
-                                   "--out", str(tmp_path / "f.h5")])
+    res = CliRunner().invoke(cli, ["extract", "--model", "iresnet_tiny", "--random-weights", "--pairs",
+                                   str(tmp_path / "t.bin"), "--out", str(tmp_path / "f.h5")])
     assert res.exit_code == 1 and "t.bin" in res.output

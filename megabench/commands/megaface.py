@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from megabench.commands.megaface_model import megaface_model_options, synthetic_images_options
 from megabench.evaluation.megaface import BACKENDS, KERNELS, REFINES, TIES
 
 
@@ -65,6 +66,7 @@ def _write_outputs(result: dict, out: str | None, devkit_json: str | None, alg: 
 
 
 @click.command("megaface")
+@megaface_model_options
 @click.option("--probes", type=click.Path(dir_okay=False), help="FaceScrub probe feature store (HDF5).")
 @click.option("--distractors", type=click.Path(dir_okay=False), help="MegaFace distractor feature store (HDF5).")
 @click.option("--probe-list", type=click.Path(dir_okay=False), help="facescrub_features_list.json (path, id).")
@@ -164,6 +166,7 @@ def convert(root, list_file, store, file_ending, to, float16, allow_missing, for
 
 
 @click.command("megaface")
+@synthetic_images_options
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--distractors", type=int, default=1_000_000, show_default=True)
 @click.option("--dim", type=int, default=512, show_default=True)

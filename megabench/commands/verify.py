@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from megabench.commands.model_options import model_options, pop_model_options
+
 
 def guess_protocol(pairs_path: str) -> str:
     """The protocol named by the pairs file's stem (``agedb_30.bin`` -> ``agedb_30``), else ``lfw``."""
@@ -17,10 +19,12 @@ def guess_protocol(pairs_path: str) -> str:
 
 
 @click.command("verify")
-@click.option("--pairs", "pairs_path", required=True, type=click.Path(dir_okay=False),
-              help="insightface .bin pack, LFW pairs.txt (with --images) or a `path1 path2 0|1` pair list.")
-@click.option("--features", required=True, type=click.Path(dir_okay=False),
-              help="HDF5 feature store: one row per pack image (pack order), or rows named by image path.")
+@click.option("--pairs", "pairs_path", required=True, multiple=True, type=click.Path(dir_okay=False),
+              help="insightface .bin pack, LFW pairs.txt (with --images) or a `path1 path2 0|1` pair list; repeat "
+                   "for several sets (lfw.bin agedb_30.bin cfp_fp.bin: one result each, one summary table).")
+@click.option("--features", multiple=True, type=click.Path(dir_okay=False),
+              help="HDF5 feature store: one row per pack image (pack order), or rows named by image path; one per "
+                   "--pairs. Or give --model / --checkpoint to extract them.")
 @click.option("--images", type=click.Path(file_okay=False), default=None,
               help="Image folder the pair list names its images in (LFW: <ROOT>/<Name>/<Name>_<NNNN>.jpg).")
 @click.option("--flip", type=click.Choice(["none", "sum", "concat"]), default=None,
@@ -32,33 +36,98 @@ def guess_protocol(pairs_path: str) -> str:
               help="insightface: the arange(0, 4, 0.01) grid (default); exact: every training midpoint.")
 @click.option("--allow-partial", is_flag=True, help="Accept a pair count that differs from the protocol's.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Result JSON (default results/<protocol>.json).")
-def verify(pairs_path: str, features: str, images: str | None, flip: str | None, protocol: str | None,
-           threshold_search: str | None, allow_partial: bool, out: str | None) -> None:
-    """10-fold verification accuracy (insightface-exact), VAL@FAR, ROC, AUC and EER."""
+              help="Result JSON of a single --pairs (default results/<protocol>.json, with --model "
+                   "results/<model>_<protocol>.json).")
+@click.option("--out-dir", type=click.Path(file_okay=False), default="results", show_default=True,
+              help="Folder of the result files when --out is not given.")
+@model_options(device=True)
+@click.option("--quiet", is_flag=True, help="No progress bar while extracting.")
+def verify(pairs_path, features, images, flip, protocol, threshold_search, allow_partial, out, out_dir, quiet,
+           device="cpu", **model_kw) -> None:
+    """10-fold verification accuracy (insightface-exact), VAL@FAR, ROC, AUC and EER.
+
+    With --model / --checkpoint the features are extracted first (flips as --flip needs; cached and
+    reused, see `--cache`), so one command goes from a model to the results."""
+    from megabench.errors import MegabenchError
+
+    pairs_list = (pairs_path,) if isinstance(pairs_path, str) else tuple(pairs_path)
+    features = (features,) if isinstance(features, str) else tuple(features or ())
+    mo = pop_model_options(model_kw)
+    from_model = bool(mo.get("model_name") or mo.get("checkpoint"))
+    if from_model == bool(features):
+        raise MegabenchError("verify needs either --features (one store per --pairs) or --model / --checkpoint")
+    if features and len(features) != len(pairs_list):
+        raise MegabenchError(f"{len(pairs_list)} --pairs but {len(features)} --features; give one store per pairs file")
+    if out and len(pairs_list) > 1:
+        raise MegabenchError("--out names one result file; with several --pairs use --out-dir")
+    source = _model_source(mo, device) if from_model else None
+    rows = []
+    for k, pairs_file in enumerate(pairs_list):
+        rows.append(_verify_one(pairs_file, None if source else features[k], source, mo, images=images, flip=flip,
+                                protocol=protocol, threshold_search=threshold_search, allow_partial=allow_partial,
+                                out=out, out_dir=out_dir, device=device, quiet=quiet))
+    if len(rows) > 1:
+        click.echo("")
+        click.echo(summary_table(rows))
+
+
+def _model_source(mo: dict, device: str):
+    from megabench.engine.extract import check_amp
+    from megabench.engine.model_source import resolve_model
+
+    check_amp(mo["amp"], device)
+    return resolve_model(mo["model_name"], mo["checkpoint"], runs=mo["runs"], echo=click.echo)
+
+
+def _verify_one(pairs_file: str, features: str | None, source, mo: dict, *, images, flip, protocol, threshold_search,
+                allow_partial, out, out_dir, device, quiet) -> dict:
+    """Evaluate one pairs file (extracting its features first when ``source`` is a model); print and write."""
     from megabench.config import load_spec
     from megabench.evaluation.verification import evaluate, load_pairs
     from megabench.fileio import check_output
     from megabench.results import is_result_file, write_result
 
-    spec = load_spec(protocol or guess_protocol(pairs_path), kind="verification")
-    out_path = check_output(out or Path("results") / f"{spec.name}.json", replaceable=is_result_file,
-                            inputs=[pairs_path, features, spec.source or None])
-    pairs = load_pairs(pairs_path, images)
+    spec = load_spec(protocol or guess_protocol(pairs_file), kind="verification")
+    default_name = f"{source.name}_{spec.name}.json" if source is not None else f"{spec.name}.json"
+    out_path = check_output(out or Path(out_dir) / default_name, replaceable=is_result_file,
+                            inputs=[pairs_file, features, spec.source or None, getattr(source, "checkpoint", None)])
+    pairs = load_pairs(pairs_file, images)
+    if source is not None:
+        from megabench.commands.model_options import extract_options
+        from megabench.engine.extract_images import pair_features
+
+        features = str(pair_features(pairs, source, flip=(flip or spec.flip) != "none", cache=mo["cache"],
+                                     opts=extract_options(mo, device, quiet), echo=click.echo))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = evaluate(spec, pairs, features, flip=flip, threshold_search=threshold_search,  # type: ignore[arg-type]
                           allow_partial=allow_partial)
     for message in dict.fromkeys(str(w.message) for w in caught):
         click.secho(f"warning: {message}", fg="yellow", err=True)
+    if source is not None:
+        result["model"]["checkpoint"] = None if source.checkpoint is None else str(source.checkpoint)
     path = write_result(out_path, result)
     m = result["metrics"]
-    click.echo(f"{spec.name} v{spec.version} ({result['protocol']['variant']}, flip={result['input']['flip']}, "
+    who = f"{source.name}: " if source is not None else ""
+    click.echo(f"{who}{spec.name} v{spec.version} ({result['protocol']['variant']}, flip={result['input']['flip']}, "
                f"{result['input']['n_pairs']} pairs, {spec.n_folds} folds)")
     click.echo(f"accuracy      {m['accuracy']:.5f}  std over folds {m['accuracy_std']:.5f}")
     click.echo(f"VAL@FAR={spec.val_far:g}  {m['val']:.5f}  std over folds {m['val_std']:.5f}  (FAR {m['far']:.5f})")
     click.echo(f"AUC {m['auc']:.5f}  EER {m['eer']:.5f}")
     click.echo(f"result: {path}")
+    return {"protocol": spec.name, "pairs": result["input"]["n_pairs"], "flip": result["input"]["flip"],
+            **{k: m[k] for k in ("accuracy", "accuracy_std", "val", "auc", "eer")}, "result": str(path)}
+
+
+def summary_table(rows: list[dict]) -> str:
+    """One line per evaluated set: protocol, pairs, flip, accuracy +- fold std, VAL, AUC, EER, result file."""
+    head = f"{'protocol':<12} {'pairs':>6} {'flip':<6} {'accuracy':>17} {'VAL':>8} {'AUC':>8} {'EER':>8}  result"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        acc = f"{r['accuracy']:.5f}+-{r['accuracy_std']:.5f}"
+        lines.append(f"{r['protocol']:<12} {r['pairs']:>6} {r['flip']:<6} {acc:>17} {r['val']:>8.5f} "
+                     f"{r['auc']:>8.5f} {r['eer']:>8.5f}  {r['result']}")
+    return "\n".join(lines)
 
 
 @click.command("verification")

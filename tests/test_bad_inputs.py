@@ -410,7 +410,7 @@ NO_ADVICE = ["weights_only=False", "likely succeed"]
 @case("extract --out = --pairs", 1)
 def _(d):
     pack = lfw_copy(d)
-    return Setup(extract_args(pack, "--model", "iresnet_tiny", pack=pack), [pack], "lfw.bin")
+    return Setup(extract_args(pack, "--model", "iresnet_tiny", "--random-weights", pack=pack), [pack], "lfw.bin")
 
 
 @case("extract --out = --checkpoint", 1)
@@ -423,7 +423,7 @@ def _(d):
 def _(d):
     pack = lfw_copy(d)
     other = good_result(d, "lfw.h5")
-    return Setup(extract_args(other, "--model", "iresnet_tiny", pack=pack), [pack, other], "lfw.h5")
+    return Setup(extract_args(other, "--model", "iresnet_tiny", "--random-weights", pack=pack), [pack, other], "lfw.h5")
 
 
 @case("extract --out read-only file", 5)
@@ -433,25 +433,25 @@ def _(d):
     vset(d / "v")
     shutil.copy(d / "v" / "synthetic.h5", ro)
     ro.chmod(0o444)
-    return Setup(extract_args(ro, "--model", "iresnet_tiny", pack=pack), [pack, ro], "ro.h5")
+    return Setup(extract_args(ro, "--model", "iresnet_tiny", "--random-weights", pack=pack), [pack, ro], "ro.h5")
 
 
 @case("extract --out under a file", 5)
 def _(d):
     pack = lfw_copy(d)
-    return Setup(extract_args(pack / "f.h5", "--model", "iresnet_tiny", pack=pack), [pack], "f.h5")
+    return Setup(extract_args(pack / "f.h5", "--model", "iresnet_tiny", "--random-weights", pack=pack), [pack], "f.h5")
 
 
 @case("extract --device typo", 5)
 def _(d):
     pack = lfw_copy(d)
-    return Setup(extract_args(d / "f.h5", "--model", "iresnet_tiny", "--device", "cdua", pack=pack), [pack], "cdua")
+    return Setup(extract_args(d / "f.h5", "--model", "iresnet_tiny", "--random-weights", "--device", "cdua", pack=pack), [pack], "cdua")
 
 
 @case("extract --device cuda without CUDA", 5)
 def _(d):
     pack = lfw_copy(d)
-    return Setup(extract_args(d / "f.h5", "--model", "iresnet_tiny", "--device", "cuda", pack=pack), [pack], "cuda")
+    return Setup(extract_args(d / "f.h5", "--model", "iresnet_tiny", "--random-weights", "--device", "cuda", pack=pack), [pack], "cuda")
 
 
 @case("extract hostile checkpoint: no weights_only=False advice", 6, forbid=NO_ADVICE)
@@ -511,14 +511,14 @@ def _(d):
 @case("extract pack claiming a 1 TiB array", 3)
 def _(d):
     pack = write_bytes(d / "big.bin", bomb_pickle(1 << 40, 2))
-    return Setup(extract_args(d / "f.h5", "--model", "iresnet_tiny", pack=pack), [pack], "big.bin")
+    return Setup(extract_args(d / "f.h5", "--model", "iresnet_tiny", "--random-weights", pack=pack), [pack], "big.bin")
 
 
 @case("extract store gets the user's mode", 7, code=0)
 def _(d):
     pack = lfw_copy(d)
     out = d / "f.h5"
-    return Setup(extract_args(out, "--model", "iresnet_tiny", pack=pack), [pack], "f.h5",
+    return Setup(extract_args(out, "--model", "iresnet_tiny", "--random-weights", pack=pack), [pack], "f.h5",
                  check=lambda: None if mode_of(out) == 0o666 & ~_umask() else f"mode {oct(mode_of(out))}")
 
 

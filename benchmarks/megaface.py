@@ -1,12 +1,14 @@
 """MegaFace streaming engine vs its physical floor (one bare blocked GEMM) and vs a dense evaluator.
 
-Usage: ``python benchmarks/megaface.py [--distractors 1000000] [--dim 512] [--dense-at 100000]``
+Usage: ``python benchmarks/megaface.py [--distractors 1000000] [--dim 512] [--dense-at 100000] [--kernel auto]``
 
 1. Generates (or reuses, under $MEGABENCH_CACHE) a synthetic MegaFace set: 3530 probes x N distractors.
 2. Floor: the same distractor blocks, already in memory and normalised, through ``block @ probes.T``
    and nothing else (median of ``--repeats`` passes).
+   Also numpy's blocked GEMM (OpenBLAS); the best of the two is printed as a second floor.
 3. megabench: the full protocol (raw + refined, every size, ROC, ranks; reading the HDF5 store) in a
-   child process, so its peak RSS is its own -> ratio to the floor, peak memory.
+   child process, so its peak RSS is its own -> ratio to the floor, peak memory. Then a per-block
+   breakdown (GEMM vs the accumulator update of each kernel) on in-memory blocks.
 4. At ``--dense-at`` distractors: a dense evaluator (full probe x distractor score matrix, per-probe sort +
    searchsorted for ranks, argpartition for the TAR@FAR threshold) vs megabench on the same size.
 """
@@ -29,14 +31,21 @@ import numpy as np
 CHILD = r"""
 import json, sys, time
 from megabench.config import load_spec
-from megabench.evaluation.megaface import run_megaface
+import megabench.evaluation.megaface as mfe
+import megabench.metrics.streaming as streaming
 args = json.loads(sys.argv[1])
+real = streaming.resolve_kernel  # --kernel: forced here so that either run_megaface signature works
+streaming.resolve_kernel = lambda kernel="auto", device="cpu": real(args["kernel"], device)
 spec = load_spec("megaface_c1", kind="megaface")
+kw = dict(probe_list=args["probe_list"], distractor_lists=args["lists"], sizes=args["sizes"],
+          facescrub_noises=args["fs"], megaface_noises=args["mf"], block_rows=args["block_rows"],
+          refine=args["refine"], progress=False)
 t = time.perf_counter()
-res = run_megaface(spec, args["probes"], args["distractors"], probe_list=args["probe_list"],
-                   distractor_lists=args["lists"], sizes=args["sizes"], facescrub_noises=args["fs"],
-                   megaface_noises=args["mf"], block_rows=args["block_rows"], refine=args["refine"], progress=False,
-                   echo=lambda *a: None)
+if hasattr(mfe, "MegafaceOptions"):  # run_megaface(spec, options)
+    opts = mfe.MegafaceOptions(probes=args["probes"], distractors=args["distractors"], **kw)
+    res = mfe.run_megaface(spec, opts, echo=lambda *a: None)
+else:  # the older keyword form
+    res = mfe.run_megaface(spec, args["probes"], args["distractors"], echo=lambda *a: None, **kw)
 wall = time.perf_counter() - t
 # VmHWM restarts at exec (ru_maxrss would include the parent's pages from before the exec)
 peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
@@ -46,8 +55,9 @@ print(json.dumps({"wall": wall, "timings": res["timings"], "peak_rss_mb": peak, 
 """
 
 
-def run_engine(folder: Path, sizes: list[int], block_rows: int, refine: str = "insightface") -> dict:
-    args = {"probes": str(folder / "facescrub.h5"), "distractors": str(folder / "megaface.h5"),
+def run_engine(folder: Path, sizes: list[int], block_rows: int, refine: str = "insightface",
+               kernel: str = "auto") -> dict:
+    args = {"kernel": kernel, "probes": str(folder / "facescrub.h5"), "distractors": str(folder / "megaface.h5"),
             "probe_list": str(folder / "facescrub_features_list.json"), "lists": str(folder / "lists"),
             "sizes": sizes, "fs": str(folder / "facescrub_noises.txt"), "mf": str(folder / "megaface_noises.txt"),
             "block_rows": block_rows, "refine": refine}
@@ -65,6 +75,7 @@ def load_normalised(store: Path, n: int | None = None) -> np.ndarray:
 
 
 def bare_gemm(probes, x: np.ndarray, block_rows: int) -> float:
+    """The engine's GEMM alone (torch.matmul, same blocks), features in memory and normalised."""
     import torch
 
     p = torch.from_numpy(probes)
@@ -73,6 +84,52 @@ def bare_gemm(probes, x: np.ndarray, block_rows: int) -> float:
         s = torch.from_numpy(x[lo:lo + block_rows]) @ p.T
         del s
     return time.perf_counter() - t
+
+
+def bare_gemm_numpy(probes, x: np.ndarray, block_rows: int) -> float:
+    """The same blocked GEMM through numpy's BLAS (OpenBLAS in the wheels)."""
+    pt = np.ascontiguousarray(probes.T)
+    t = time.perf_counter()
+    for lo in range(0, x.shape[0], block_rows):
+        s = x[lo:lo + block_rows] @ pt
+        del s
+    return time.perf_counter() - t
+
+
+def block_breakdown(folder: Path, x: np.ndarray, block_rows: int, n_blocks: int, kernels: list[str]) -> None:
+    """Per-block seconds (median over ``n_blocks`` blocks after a warm-up block), features in memory: GEMM,
+    then each kernel's accumulator update (raw + refined over the synthetic noise lists; one class)."""
+    import torch
+
+    from megabench.data.megaface_io import match_facescrub_noise, read_noise_list
+    from megabench.evaluation.megaface import build_stack, load_probes
+    from megabench.metrics.streaming import MegafaceAccumulator
+
+    pr = load_probes(folder / "facescrub.h5", folder / "facescrub_features_list.json")
+    noisy, _ = match_facescrub_noise(pr.paths, read_noise_list(folder / "facescrub_noises.txt"))
+    sample = x[:2048] @ pr.features.T
+    stack = build_stack(pr, noisy, "insightface", sample_scores=sample)
+    p = torch.from_numpy(stack.vectors)
+    k = max(100_000, int(np.ceil(1e-6 * pr.features.shape[0] * x.shape[0])))
+    print(f"-- per block ({block_rows} x {stack.vectors.shape[0]} scores), median of {n_blocks} blocks --")
+    for kernel in kernels:
+        acc = MegafaceAccumulator(stack.plans, 1, k, kernel=kernel)
+        gemm, upd = [], []
+        for b in range(n_blocks + 1):
+            xb = torch.from_numpy(x[b * block_rows:(b + 1) * block_rows])
+            t0 = time.perf_counter()
+            S = xb @ p.T
+            t1 = time.perf_counter()
+            acc.update(S, np.zeros(xb.shape[0], np.int64), np.zeros(xb.shape[0], bool))
+            t2 = time.perf_counter()
+            if b:  # block 0 fills the top-K buffers (and compiles the fused kernel)
+                gemm.append(t1 - t0)
+                upd.append(t2 - t1)
+        g, u = statistics.median(gemm), statistics.median(upd)
+        parts = getattr(acc._kernel, "timings", {})
+        steps = ", ".join(f"{name} {v / (n_blocks + 1):.3f}s" for name, v in parts.items() if name != "candidates")
+        print(f"{acc.kernel_name:>6} kernel: GEMM {g:.3f}s  update {u:.3f}s  (update / GEMM {u / g:.2f}x)"
+              + (f"  [mean per block incl. warm-up: {steps}]" if steps else ""))
 
 
 def dense_evaluator(probes: np.ndarray, labels: np.ndarray, x: np.ndarray) -> float:
@@ -107,6 +164,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="bare-GEMM passes (median reported)")
     ap.add_argument("--skip-dense", action="store_true")
     ap.add_argument("--only-dense", action="store_true", help="only the dense-evaluator comparison")
+    ap.add_argument("--kernel", default="auto", choices=["auto", "fused", "torch"], help="the engine's block kernel")
+    ap.add_argument("--breakdown-blocks", type=int, default=6, help="blocks timed in the per-block breakdown")
     a = ap.parse_args()
 
     from megabench.data.synthetic_megaface import STANDARD_SIZES, generate
@@ -154,18 +213,31 @@ def bench_floor(a, folder: Path) -> None:
     pr = load_probes(folder / "facescrub.h5", folder / "facescrub_features_list.json")
     x = load_normalised(folder / "megaface.h5")
     gemm = [bare_gemm(pr.features, x, a.block_rows)]  # floor before and after: the machine may be shared
-    eng = run_engine(folder, sizes, a.block_rows)
-    gemm += [bare_gemm(pr.features, x, a.block_rows) for _ in range(max(1, a.repeats - 1))]
-    floor = statistics.median(gemm)
-    print(f"== {len(pr.paths)} probes x {a.distractors:,} distractors x {a.dim} (block {a.block_rows}) ==")
-    print(f"bare blocked GEMM      : median {floor:.1f}s of {[round(g, 1) for g in gemm]}")
+    gemm_np = [bare_gemm_numpy(pr.features, x, a.block_rows)]
+    eng = run_engine(folder, sizes, a.block_rows, kernel=a.kernel)
+    for _ in range(max(1, a.repeats - 1)):
+        gemm.append(bare_gemm(pr.features, x, a.block_rows))
+        gemm_np.append(bare_gemm_numpy(pr.features, x, a.block_rows))
+    floor, floor_np = statistics.median(gemm), statistics.median(gemm_np)
+    best = min(floor, floor_np)
+    load = os.getloadavg()
+    print(f"== {len(pr.paths)} probes x {a.distractors:,} distractors x {a.dim} (block {a.block_rows}, "
+          f"kernel {a.kernel}) ==")
+    print(f"machine load average (1, 5, 15 min): {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs")
+    print(f"bare blocked GEMM      : median {floor:.1f}s of {[round(g, 1) for g in gemm]} (torch, as the engine)")
+    print(f"numpy blocked GEMM     : median {floor_np:.1f}s of {[round(g, 1) for g in gemm_np]}")
     print(f"megabench (all sizes)  : {eng['wall']:.1f}s  (stream {eng['timings']['stream']:.1f}s, "
           f"load+hash {eng['timings']['load']:.1f}s, compute {eng['timings']['compute']:.1f}s)")
     print(f"ratio total / GEMM     : {eng['wall'] / floor:.2f}x   stream / GEMM: "
           f"{eng['timings']['stream'] / floor:.2f}x")
+    print(f"ratio total / best GEMM: {eng['wall'] / best:.2f}x   (best of torch / numpy GEMM: {best:.1f}s)")
     feat_mb = a.distractors * a.dim * 4 / 2**20
     print(f"megabench peak RSS     : {eng['peak_rss_mb']:.0f} MB (features on disk: {feat_mb:.0f} MB, streamed)")
     print(f"rank-1 raw/refined at largest size: {json.dumps(eng['sizes'][str(sizes[-1])])}")
+    if a.breakdown_blocks > 0:
+        n = min(a.breakdown_blocks, x.shape[0] // a.block_rows - 1)
+        if n > 0:
+            block_breakdown(folder, x, a.block_rows, n, ["torch", "fused"] if a.kernel != "torch" else ["torch"])
     del x
 
 

@@ -15,8 +15,8 @@ from megabench.metrics import streaming
 from megabench.metrics.streaming import HistSpec, MegafaceAccumulator, VariantPlan, trial_keys
 
 DIM = 16
-KERNELS = ["torch"]
-HS = HistSpec()
+KERNELS = ["torch", "fused"]
+HS = HistSpec(1 << 12)  # coarse bins keep the brute force cheap; full resolution: the bin-edge test
 
 
 def _pm(rng, n):
@@ -154,6 +154,20 @@ def test_out_of_range_scores_are_an_error(kernel):
         acc.update(torch.from_numpy(S), np.zeros(40, np.int64), np.zeros(40, bool))
 
 
+def test_kernels_agree_bit_for_bit_with_merge_and_reload():
+    rng = np.random.default_rng(9)
+    stack, plans = make_plans(rng, "neginf", 0.2)
+    blocks = make_blocks(rng, stack, 400, 4, 50)
+    t = feed("torch", plans, blocks, 4, 40)
+    f1 = feed("fused", plans, blocks[:4], 4, 40)
+    f2 = feed("fused", plans, blocks[4:], 4, 40)
+    f1.merge(f2)
+    assert_same_state(t, f1)
+    r = MegafaceAccumulator(plans, 4, 40, HS, kernel="torch")
+    r.load_state_arrays(f1.state_arrays())
+    assert_same_state(t, r)
+
+
 def test_state_fields_are_declared_with_their_reduction():
     rng = np.random.default_rng(10)
     _, plans = make_plans(rng, "drop", 0.0)
@@ -177,11 +191,12 @@ def test_state_fields_are_declared_with_their_reduction():
         st["y"] = 1
 
 
-def test_kernel_choice(monkeypatch):
+def test_kernel_choice_and_fallback_without_numba(monkeypatch):
     from megabench.errors import MegabenchError
 
     assert streaming.resolve_kernel("torch") == "torch"
     assert streaming.resolve_kernel("auto", "cuda") == "torch"
+    assert streaming.resolve_kernel("auto", "cpu") == "fused"  # numba is a dependency
     with pytest.raises(MegabenchError, match="CPU only"):
         streaming.resolve_kernel("fused", "cuda:0")
     with pytest.raises(MegabenchError, match="kernel must be one of"):
@@ -190,3 +205,108 @@ def test_kernel_choice(monkeypatch):
     assert streaming.resolve_kernel("auto", "cpu") == "torch"
     with pytest.raises(MegabenchError, match="needs numba"):
         streaming.resolve_kernel("fused")
+
+
+def _single_plan(n_cols: int) -> VariantPlan:
+    return VariantPlan("raw", np.arange(n_cols), np.empty(0, np.int64), np.empty(0, np.float32), "keep",
+                       np.empty(0, np.float32), n_cols)
+
+
+def test_fused_binning_equals_torch_histc_at_bin_edges():
+    """2^20 + 2048 bins: scores on, one and two ulps either side of bin edges land in torch.histc's bins."""
+    hs = HistSpec()
+    rng = np.random.default_rng(11)
+    edges = (np.float64(hs.lo) + rng.integers(0, hs.n_bins + 1, 4000) * hs.width).astype(np.float32)
+    vals = [edges, rng.uniform(-1, 1, 4000).astype(np.float32), np.float32([-1, 1, 0, -0.0, hs.lo, hs.hi])]
+    for direction in (np.inf, -np.inf):
+        e = edges
+        for _ in range(2):
+            e = np.nextafter(e, np.float32(direction))
+            vals.append(e)
+    x = np.concatenate(vals)
+    x = x[(x >= np.float32(hs.lo)) & (x <= np.float32(hs.hi))]
+    x = np.resize(x, (x.size // 50, 50))
+    ref = torch.histc(torch.from_numpy(x), bins=hs.n_bins, min=hs.lo, max=hs.hi).to(torch.int64).numpy()
+    for kernel in KERNELS:
+        acc = MegafaceAccumulator([_single_plan(50)], 1, 10, hs, kernel=kernel)
+        acc.update(torch.from_numpy(x), np.zeros(x.shape[0], np.int64), np.zeros(x.shape[0], bool))
+        np.testing.assert_array_equal(acc.size_view("raw", np.array([0]))["hist"], ref, err_msg=kernel)
+
+
+def test_fused_histogram_partials_flush_before_int32_overflow(monkeypatch):
+    from megabench.metrics import kernels_numba
+
+    monkeypatch.setattr(kernels_numba, "INT32_SAFE", 250)  # flush after every ~2 blocks of 10 x 12 scores
+    rng = np.random.default_rng(12)
+    stack, plans = make_plans(rng, "keep", 0.0)
+    blocks = make_blocks(rng, stack, 100, 2, 10)
+    f = feed("fused", plans, blocks, 2, 20)
+    assert f._kernel.timings.get("flush", 0) > 0 and f._kernel.pending <= 250
+    assert_same_state(f, feed("torch", plans, blocks, 2, 20))
+
+
+def test_fused_candidate_buffer_overflow_rescans(monkeypatch):
+    from megabench.metrics import kernels_numba
+
+    rng = np.random.default_rng(13)
+    stack, plans = make_plans(rng, "zero", -0.5)  # a low cut: many rank candidates
+    blocks = make_blocks(rng, stack, 200, 2, 100)
+    ref = feed("torch", plans, blocks, 2, 500)
+    monkeypatch.setattr(kernels_numba, "CAND_CAP", 3)
+    assert_same_state(feed("fused", plans, blocks, 2, 500), ref)
+
+
+def test_torch_path_works_with_numba_hidden(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` raises ImportError
+    monkeypatch.delitem(sys.modules, "megabench.metrics.kernels_numba", raising=False)
+    assert not streaming.numba_available()
+    rng = np.random.default_rng(14)
+    stack, plans = make_plans(rng, "neginf", 0.2)
+    blocks = make_blocks(rng, stack, 120, 2, 40)
+    acc = feed("auto", plans, blocks, 2, 30)
+    assert acc.kernel_name == "torch"
+    for classes in ([0], [0, 1]):
+        got, ref = acc.size_view("refined", np.array(classes)), brute_view(plans[1], blocks, classes, 30)
+        for key in ("count_ge", "count_eq", "top", "hist"):
+            np.testing.assert_array_equal(got[key], ref[key])
+
+
+# --- the protocol's exactness suites (tests/test_megaface_protocol.py) with each kernel forced ----------
+@pytest.fixture(params=KERNELS)
+def forced_kernel(request, monkeypatch):
+    real = streaming.resolve_kernel
+    monkeypatch.setattr(streaming, "resolve_kernel", lambda kernel="auto", device="cpu": real(request.param, device))
+    return request.param
+
+
+@pytest.mark.parametrize("refine", ["insightface", "facex", "drop", "none"])
+def test_protocol_bruteforce_with_each_kernel(forced_kernel, tmp_path, refine):
+    import test_megaface_protocol as proto
+
+    proto.test_streaming_equals_bruteforce_every_variant(tmp_path, refine, "conservative")
+
+
+def test_protocol_cuts_lists_and_resume_with_each_kernel(forced_kernel, tmp_path):
+    import test_megaface_protocol as proto
+
+    for d in "abc":
+        (tmp_path / d).mkdir()
+    proto.test_dense_cut_only_moves_work(tmp_path / "a", 0.0)
+    proto.test_non_nested_lists_and_histogram_resolved_tail(tmp_path / "b")
+    proto.test_resume_equals_uninterrupted_and_refuses_other_inputs(tmp_path / "c")
+
+
+# --- CUDA: deselected by default (pyproject addopts), run with `pytest -m cuda` on a GPU machine ---------
+@pytest.mark.cuda
+def test_torch_kernel_on_cuda_equals_cpu():
+    rng = np.random.default_rng(15)
+    stack, plans = make_plans(rng, "zero", 0.25)
+    blocks = make_blocks(rng, stack, 300, 3, 64)
+    cpu = feed("torch", plans, blocks, 3, 40)
+    gpu = MegafaceAccumulator(plans, 3, 40, HS, kernel="auto", device="cuda")
+    assert gpu.kernel_name == "torch"
+    for S, c, nz in blocks:
+        gpu.update(torch.from_numpy(np.ascontiguousarray(S)).cuda(), c, nz)
+    assert_same_state(cpu, gpu)

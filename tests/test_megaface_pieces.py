@@ -12,7 +12,6 @@ from megabench.evaluation.megaface import (
     MegafaceOptions,
     MegafaceSpec,
     ResumeState,
-    block_row_order,
     check_state_target,
     gather_accumulators,
     match_noise,
@@ -50,7 +49,7 @@ def test_options_sizes_become_ints():
     assert MegafaceOptions(sizes=[10.0, 100]).sizes == (10, 100)
 
 
-# --- scheduling and block rows ----------------------------------------------------------------------
+# --- scheduling ----------------------------------------------------------------------
 @pytest.mark.parametrize("n, rows, world", [(0, 5, 1), (1, 5, 2), (100, 7, 3), (64, 8, 2), (10, 100, 4)])
 def test_schedule_partitions_the_blocks_over_ranks(n, rows, world):
     parts = [schedule_blocks(n, rows, r, world) for r in range(world)]
@@ -58,19 +57,6 @@ def test_schedule_partitions_the_blocks_over_ranks(n, rows, world):
     assert everything == list(range(-(-n // rows)))
     for r, p in enumerate(parts):
         assert all(b % world == r for b in p)
-
-
-def test_block_row_order_sorts_by_class_then_noisy_and_drops_unused():
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        cls = rng.integers(-1, 3, size=20)
-        noisy = rng.random(20) < 0.3
-        order = block_row_order(cls, noisy)
-        ref = sorted((int(c), bool(nz), i) for i, (c, nz) in enumerate(zip(cls, noisy, strict=True)) if c >= 0)
-        got = np.arange(20) if order is None else order
-        assert [i for *_, i in ref] == got.tolist()
-    assert block_row_order(np.array([0, 0, 1]), np.array([False, True, False])) is None
-    assert block_row_order(np.array([-1, -1]), np.array([False, False])).size == 0
 
 
 # --- the block loop ---------------------------------------------------------------------------------
@@ -198,3 +184,15 @@ def test_jitter_goes_onto_the_identity_sum_as_insightface():
     plain = build_stack(probes, noisy, "insightface")
     m = x[(labels == 0) & ~noisy].astype(np.float64).mean(axis=0)
     np.testing.assert_array_equal(plain.vectors[7], (m / np.linalg.norm(m)).astype(np.float32))
+
+
+def test_a_killed_save_leaves_temporaries_that_the_next_run_removes(tmp_path):
+    from megabench.evaluation.megaface import remove_state_temporaries
+
+    state = tmp_path / "r[1].state.npz"  # glob metacharacters in the name are matched literally
+    ours = [tmp_path / ".r[1].state.npz.k2j4.npz.tmp", tmp_path / ".r[1].state.npz.zz.npz.tmp"]
+    others = [tmp_path / ".r[1].state.npz.k2j4.tmp", tmp_path / ".r1.state.npz.ab.npz.tmp", tmp_path / "keep.npz"]
+    for p in ours + others:
+        p.write_bytes(b"x")
+    assert sorted(remove_state_temporaries(state)) == sorted(ours)
+    assert all(p.exists() for p in others) and not any(p.exists() for p in ours)

@@ -189,7 +189,7 @@ def _embed_like_extract(model, files: list[Path], batch: int) -> np.ndarray:
 
 
 def test_megaface_from_images_equals_megaface_from_features(tmp_path, pack):
-    _checkpoint(tmp_path / "m.pt")
+    sha = _checkpoint(tmp_path / "m.pt")
     cache = tmp_path / "cache"
     res = _invoke(*_mf_args(pack, tmp_path / "img.json", "--checkpoint", tmp_path / "m.pt", "--cache", cache,
                             "--batch", "4", "--workers", "0"))
@@ -213,6 +213,7 @@ def test_megaface_from_images_equals_megaface_from_features(tmp_path, pack):
     b = json.loads((tmp_path / "feat.json").read_text())
     assert a["variants"] == b["variants"] and a["noise"]["facescrub_matched"] == 1
     assert set(a["variants"]["raw"]["sizes"]) == {"10", "30"}
+    assert a["model"]["name"] == "iresnet_tiny" and a["model"]["checkpoint_sha256"] == sha
 
     # a second run reuses both stores: nothing extracted, the same result
     stores = sorted(cache.rglob("*.h5"))

@@ -63,12 +63,14 @@ def synthetic_images_options(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def run(**kw):
         images, identities, per_identity = kw.pop("images"), kw.pop("identities"), kw.pop("per_identity")
+        first_identity = kw.pop("first_identity")
         if not images:
             return fn(**kw)
         from megabench.data.synthetic_megaface_images import generate_images
 
         meta = generate_images(kw["out"], n_identities=identities, per_identity=per_identity,
-                               n_distractors=kw["distractors"], seed=kw["seed"], progress=not kw.get("quiet"))
+                               n_distractors=kw["distractors"], seed=kw["seed"], first_identity=first_identity,
+                               progress=not kw.get("quiet"))
         out = kw["out"]
         click.echo(f"wrote {meta['n_probes']} probe images of {identities} identities and {meta['n_distractors']:,} "
                    f"distractor images to {out} (sizes {meta['sizes']}, {meta['n_mislabelled_probes']} mislabelled "
@@ -79,6 +81,9 @@ def synthetic_images_options(fn: Callable) -> Callable:
                    f"--megaface-noises {out}/megaface_noises.txt")
         return None
 
+    run = click.option("--first-identity", default=100_000, show_default=True, type=click.IntRange(min=0),
+                       help="With --images: render identities from this number on (a `synth faces` training set "
+                            "uses 0..N-1, so the default tests on unseen people).")(run)
     run = click.option("--per-identity", default=10, show_default=True, type=click.IntRange(min=2),
                        help="With --images: probe images per identity.")(run)
     run = click.option("--identities", default=20, show_default=True, type=click.IntRange(min=2),

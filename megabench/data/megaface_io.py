@@ -1,4 +1,5 @@
-"""MegaFace devkit file formats: template lists, "matio" feature files, noise lists, conversion.
+"""MegaFace devkit file formats: template lists, "matio" feature files, noise lists, conversion
+(docs/megaface.md §8).
 
 - ``facescrub_features_list.json``: ``{"path": [...], "id": [...]}`` (probe images and identity names).
 - ``megaface_features_list.json_<size>_<set>``: ``{"path": [...]}`` (distractor images).

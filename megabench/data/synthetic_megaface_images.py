@@ -10,9 +10,13 @@
     meta.json
 
 Faces come from ``render(identity, image, seed=..., size=...) -> uint8 (size, size, 3)``, by default
-:func:`megabench.data.synthetic_faces.render_face`. Identities 0..n_identities-1 are the probes;
-distractor i is identity ``n_identities + i``. Planted noise, as in the real sets: *mislabelled probes*
-(the file sits under identity c but shows identity c+1) and *near-duplicate distractors* (a distractor
+:func:`megabench.data.synthetic_faces.render_face`. Identities ``first_identity + c`` (c < n_identities)
+are the probes; distractor i is identity ``first_identity + n_identities + i``. The default
+``first_identity`` (100,000) keeps them apart from the identities a ``synth faces`` training set uses
+(0 .. N-1), so a model trained there is tested on people it never saw.
+
+Planted noise, as in the real sets: *mislabelled probes* (the file sits under identity c but shows
+identity c+1) and *near-duplicate distractors* (a distractor
 that is another photo of a probe identity). The noise lists name exactly those files.
 """
 
@@ -56,6 +60,7 @@ def generate_images(
     size: int = 112,
     n_mislabelled: int = 2,
     n_duplicates: int = 3,
+    first_identity: int = 100_000,
     render: Render | None = None,
     progress: bool = True,
 ) -> dict:
@@ -82,11 +87,11 @@ def generate_images(
     for i, rel in enumerate(probe_paths):
         c, k = divmod(i, per_identity)
         shown = (c + 1) % n_identities if i in mislabelled else c
-        _save(out / "facescrub_images" / rel, render(shown, k, seed=seed, size=size))
+        _save(out / "facescrub_images" / rel, render(first_identity + shown, k, seed=seed, size=size))
         bar.update()
     for i, rel in enumerate(dist_paths):
         ident, image = (int(rng.integers(n_identities)), per_identity + i) if i in duplicates else (n_identities + i, 0)
-        _save(out / "megaface_images" / rel, render(ident, image, seed=seed, size=size))
+        _save(out / "megaface_images" / rel, render(first_identity + ident, image, seed=seed, size=size))
         bar.update()
     bar.close()
 
@@ -101,6 +106,7 @@ def generate_images(
     atomic_write_bytes(out / "facescrub_noises.txt", (head + "\n".join(fs_noise) + "\n").encode())
     atomic_write_bytes(out / "megaface_noises.txt", (head + "\n".join(mf_noise) + "\n").encode())
     meta = {"generator": "megabench.data.synthetic_megaface_images", "seed": seed, "size": size,
+            "first_identity": first_identity,
             "n_identities": n_identities, "per_identity": per_identity, "n_probes": n_probes,
             "n_distractors": n_distractors, "sizes": sizes, "n_mislabelled_probes": len(mislabelled),
             "n_near_duplicates": len(duplicates)}

@@ -1,4 +1,4 @@
-"""MegaFace Challenge 1 (FaceScrub probes), raw and refined, in one streaming pass (PROTOCOLS.md §2).
+"""MegaFace Challenge 1 (FaceScrub probes), raw and refined, in one streaming pass (docs/megaface.md).
 
 :func:`run_megaface` takes a :class:`MegafaceSpec` (``protocols/megaface_c1.toml``), a probe feature store
 and a distractor feature store (HDF5, :mod:`megabench.data.feature_store`), optional devkit lists and noise
@@ -9,7 +9,7 @@ lists, and returns a result dict (kind ``"megaface"``)::
         n_genuine, ci95, k, exact}, ...}, devkit_reading{...}, roc{fpr, tpr, threshold, exact}}}
     noise{facescrub_matched, megaface_matched, lists_sha256, n_noisy_probes, n_noisy_distractors}
 
-Definitions
+Definitions (docs/megaface.md §2-§4)
 - Identification: every ordered same-identity probe pair (i, j), i != j: probe x_j, gallery {x_i} + D;
   rank = #{d in D: s(x_j, d) >= s(x_j, x_i)} (0-based; ``ties = "optimistic"`` uses ``>``).
 - Verification genuine pairs: the *unordered* same-identity probe pairs i < j (as the devkit), score
@@ -38,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 
 from megabench.errors import DataError, MegabenchError
+from megabench.metrics.streaming import KERNELS  # the accumulator's kernels: auto | fused | torch
 
 Refine = Literal["insightface", "facex", "drop", "none"]
 Ties = Literal["conservative", "optimistic"]
@@ -73,7 +74,7 @@ class MegafaceSpec:
 
     def __post_init__(self) -> None:
         if self.hist_bins < (1 << 20):
-            raise ValueError(f"hist_bins must be >= 2**20 (PROTOCOLS.md), got {self.hist_bins}")
+            raise ValueError(f"hist_bins must be >= 2**20 (docs/megaface.md §3), got {self.hist_bins}")
         if self.topk_min < 1 or not 1 <= self.block_rows < (1 << 24):
             raise ValueError("topk_min must be positive and block_rows in [1, 2**24)")
 
@@ -90,7 +91,6 @@ class MegafaceSpec:
 REFINES: tuple[str, ...] = ("insightface", "facex", "drop", "none")
 TIES: tuple[str, ...] = ("conservative", "optimistic")
 BACKENDS: tuple[str, ...] = ("torch", "faiss")
-KERNELS: tuple[str, ...] = ("auto", "fused", "torch")
 PathArg = str | os.PathLike | None
 
 
@@ -490,7 +490,8 @@ def state_marker(path: str | os.PathLike) -> tuple[str, str] | None:
 
 @dataclass(frozen=True)
 class ResumeState:
-    """One rank's resume state file: accumulator arrays + finished blocks + marker (magic, fingerprint).
+    """One rank's resume state file: accumulator arrays + finished blocks + marker (magic, fingerprint);
+    docs/megaface.md §6.
 
     Overwrites only a missing file or a megabench resume state (:meth:`check_target`); removes only a
     file carrying this run's fingerprint (:meth:`remove`).
@@ -551,6 +552,18 @@ def check_state_target(path: str | os.PathLike) -> None:
     if not is_zip or _text(_read_state_arrays(path).get("__magic__")) != STATE_MAGIC:
         raise MegabenchError(f"{path}: exists and is not a megabench resume state; refusing to overwrite it: "
                              "point --state at a new file")
+
+
+def remove_state_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the hidden ``.<state name>.<random>.npz.tmp`` files a killed save of ``path`` left
+    (:func:`megabench.fileio.atomic_path` names them so; nothing else matches); returns them."""
+    import glob
+
+    path = Path(path)
+    found = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*.npz.tmp") if p.is_file()]
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
 
 
 def remove_states(state: str | os.PathLike, fingerprint: str, world: int) -> list[Path]:
@@ -628,7 +641,8 @@ class NoiseMatch:
 
 def match_noise(spec: MegafaceSpec, opts: MegafaceOptions, probe_paths: list[str], store_paths: list[str],
                 membership: Membership) -> NoiseMatch:
-    """Read the noise lists (unless ``refine == "none"``) and mark the probes / used distractors they name."""
+    """Read the noise lists (unless ``refine == "none"``) and mark the probes / used distractors they name
+    (docs/megaface.md §4)."""
     from megabench.data.megaface_io import match_facescrub_noise, match_megaface_noise, read_noise_list
 
     noisy_probe = np.zeros(len(probe_paths), bool)
@@ -757,51 +771,39 @@ def topk_size(spec: MegafaceSpec, n_probes: int, n_distractors: int) -> int:
     return max(spec.topk_min, math.ceil(spec.topk_fraction * n_probes * n_distractors))
 
 
-def make_accumulator(plans: list, n_classes: int, k: int, spec: MegafaceSpec, kernel: str = "auto"):
-    """A fresh :class:`~megabench.metrics.streaming.MegafaceAccumulator` (``kernel`` passed once it takes one)."""
-    import inspect
-
+def make_accumulator(plans: list, n_classes: int, k: int, spec: MegafaceSpec, opts: MegafaceOptions):
+    """A fresh :class:`~megabench.metrics.streaming.MegafaceAccumulator` with the run's kernel and device."""
     from megabench.metrics.streaming import HistSpec, MegafaceAccumulator
 
-    kw = {"kernel": kernel} if "kernel" in inspect.signature(MegafaceAccumulator).parameters else {}
-    return MegafaceAccumulator(plans, n_classes, k, HistSpec(spec.hist_bins), **kw)
+    return MegafaceAccumulator(plans, n_classes, k, HistSpec(spec.hist_bins), kernel=opts.kernel,
+                               device=opts.device)
 
 
 # --- the stream -------------------------------------------------------------------------------------
 def schedule_blocks(n_rows: int, block_rows: int, rank: int = 0, world: int = 1) -> list[int]:
-    """The blocks (``rows b*block_rows : (b+1)*block_rows``) one rank streams: ``b % world == rank``."""
+    """The blocks (``rows b*block_rows : (b+1)*block_rows``) one rank streams: ``b % world == rank``
+    (docs/megaface.md §7)."""
     n_blocks = -(-n_rows // block_rows)
     return [b for b in range(n_blocks) if b % world == rank]
 
 
-def block_row_order(row_class: np.ndarray, row_noisy: np.ndarray) -> np.ndarray | None:
-    """Rows of one block to feed the accumulator, sorted by (class, noisy); None: all rows, already sorted.
-
-    Rows of no size (class -1) are left out (an empty array when none is used).
-    """
-    sort_key = row_class * 2 + row_noisy
-    if row_class.min() >= 0 and not np.any(np.diff(sort_key) < 0):
-        return None
-    order = np.flatnonzero(row_class >= 0)
-    return order[np.argsort(sort_key[order], kind="stable")]
-
-
 def score_block(b: int, inputs: MegafaceInputs, block_rows: int, backend, acc) -> None:
-    """Read, normalise and score distractor block ``b`` and add it to ``acc``."""
+    """Read, normalise and score the used rows (class >= 0) of distractor block ``b`` and add them to ``acc``
+    (in store order: the accumulator orders rows as its kernel needs)."""
     from megabench.metrics.search import normalize_block
 
     store, source = inputs.store, str(inputs.store.path)
     lo, hi = b * block_rows, min(store.n, (b + 1) * block_rows)
     cls, noisy = inputs.membership.row_class[lo:hi], inputs.noise.noisy_dist[lo:hi]
-    order = block_row_order(cls, noisy)
-    if order is not None and order.size == 0:
+    used = np.flatnonzero(cls >= 0)
+    if used.size == 0:
         return
     x = store.read(rows=slice(lo, hi))
-    if order is not None:
-        x, cls, noisy = x[order], cls[order], noisy[order]
-    xt = backend.to_device(x)
-    xt = normalize_block(xt, source=source, first_row=lo) if order is None else \
-        _normalize_rows_named(xt, source, lo + order)
+    if used.size < cls.size:
+        x, cls, noisy = x[used], cls[used], noisy[used]
+        xt = _normalize_rows_named(backend.to_device(x), source, lo + used)
+    else:
+        xt = normalize_block(backend.to_device(x), source=source, first_row=lo)
     S = backend.scores(xt)
     try:
         acc.update(S, cls, noisy)
@@ -842,6 +844,8 @@ def stream_pass(inputs: MegafaceInputs, stack: Stack, acc, opts: MegafaceOptions
 
     mine = schedule_blocks(inputs.store.n, opts.block_rows, info.rank, info.world)
     state = ResumeState(rank_state_path(opts.state, info.rank, info.world), fingerprint) if opts.state else None
+    if state is not None:
+        remove_state_temporaries(state.path)
     done: list[int] = []
     if opts.resume and state is not None and state.path.exists():
         done = state.load(acc)
@@ -867,7 +871,7 @@ def stream_pass(inputs: MegafaceInputs, stack: Stack, acc, opts: MegafaceOptions
 
 # --- gather -----------------------------------------------------------------------------------------
 def gather_accumulators(acc, new_accumulator, info):
-    """Merge every rank's accumulator on rank 0 (in rank order); None on the other ranks.
+    """Merge every rank's accumulator on rank 0 (in rank order); None on the other ranks (docs/megaface.md §7).
 
     ``new_accumulator()`` makes an empty accumulator of the same plans. One process: ``acc`` itself.
     """
@@ -888,7 +892,8 @@ def gather_accumulators(acc, new_accumulator, info):
 
 # --- result -----------------------------------------------------------------------------------------
 def assemble_result(spec: MegafaceSpec, opts: MegafaceOptions, inputs: MegafaceInputs, stack: Stack,
-                    variants: dict, fp: tuple[str, dict], k: int, world: int, timings: dict) -> dict[str, Any]:
+                    variants: dict, fp: tuple[str, dict], k: int, world: int, timings: dict,
+                    kernel_used: str = "") -> dict[str, Any]:
     """The result dict (kind ``"megaface"``; see the module docstring) with provenance."""
     from megabench.results import new_result
 
@@ -911,7 +916,8 @@ def assemble_result(spec: MegafaceSpec, opts: MegafaceOptions, inputs: MegafaceI
                "distractor_lists": {"path": str(opts.distractor_lists) if opts.distractor_lists else None,
                                     "sha256": inputs.lists_sha, "membership": mem.source},
                "sizes": mem.sizes, "seed": opts.seed if mem.source != "lists" else None,
-               "backend": opts.backend, "kernel": opts.kernel, "block_rows": opts.block_rows, "topk": k,
+               "backend": opts.backend, "kernel": {"requested": opts.kernel, "used": kernel_used},
+               "block_rows": opts.block_rows, "topk": k,
                "hist_bins": spec.hist_bins, "world_size": world, "fingerprint": fingerprint,
                "skipped_singletons": stack.info["skipped_singletons"]},
         variants=variants,
@@ -967,6 +973,7 @@ def run_megaface(spec: MegafaceSpec, options: MegafaceOptions, *, dist_info=None
     the blocks ``b % world == r`` and rank 0 merges. ``echo``: where the one-line notices go (default print).
     """
     from megabench.engine.distributed import DistInfo
+    from megabench.metrics.streaming import resolve_kernel
 
     info = dist_info or DistInfo()
     echo = echo or print
@@ -974,6 +981,7 @@ def run_megaface(spec: MegafaceSpec, options: MegafaceOptions, *, dist_info=None
     if opts.probes is None or opts.distractors is None:
         raise MegabenchError("megaface needs --probes and --distractors feature stores (or --synthetic N)")
     check_device(opts.device)
+    resolve_kernel(opts.kernel, opts.device)  # fused without numba or off the CPU: refused before any work
     if opts.state is not None:
         check_state_target(rank_state_path(opts.state, info.rank, info.world))
     timings: dict[str, float] = {}
@@ -987,7 +995,7 @@ def run_megaface(spec: MegafaceSpec, options: MegafaceOptions, *, dist_info=None
         k = topk_size(spec, max(p.cols.size for p in stack.plans), int((mem.row_class >= 0).sum()))
 
         def new_accumulator():
-            return make_accumulator(stack.plans, mem.n_classes, k, spec, opts.kernel)
+            return make_accumulator(stack.plans, mem.n_classes, k, spec, opts)
 
         acc = new_accumulator()
         fp = run_fingerprint(spec, opts, inputs, stack, k, info.world)
@@ -1004,7 +1012,7 @@ def run_megaface(spec: MegafaceSpec, options: MegafaceOptions, *, dist_info=None
     variants = {p.name: compute_variant(acc, p, mem, spec, opts.ties, inputs.noise.noisy_dist) for p in stack.plans}
     timings["compute"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0
-    return assemble_result(spec, opts, inputs, stack, variants, fp, k, info.world, timings)
+    return assemble_result(spec, opts, inputs, stack, variants, fp, k, info.world, timings, acc.kernel_name)
 
 
 

@@ -144,7 +144,7 @@ class TorchKernel:
                     h += histogram(columns(S[m:b], p.cols), hs)
                 elif p.noise_mode == "zero":
                     h += zero_hist * (n_noisy * p.cols.size)
-            acc.state[p.name]["hist"][cls] += h
+            acc._state[p.name]["hist"][cls] += h
 
     def _scan_segment(self, acc, S, a: int, b: int, cls: int, row_noisy: np.ndarray):
         """One compare pass over rows [a, b): top-K candidates (> floor) and rank candidates (>= thr).
@@ -179,7 +179,7 @@ class TorchKernel:
         """
         for p in acc.plans:
             if p.low_pos.size:
-                self._low_plan(acc.state[p.name], p, S, starts, stops, row_class, row_noisy)
+                self._low_plan(acc._state[p.name], p, S, starts, stops, row_class, row_noisy)
 
     @staticmethod
     def _low_plan(st, p, S, starts, stops, row_class: np.ndarray, row_noisy: np.ndarray) -> None:

@@ -294,7 +294,7 @@ class MegafaceAccumulator:
         self.requested_kernel = kernel
         self.kernel_name = resolve_kernel(kernel, device)
         c = self.n_classes
-        self.state: dict[str, VariantState] = {}
+        self._state: dict[str, VariantState] = {}
         for p in plans:
             st = VariantState(self.k)
             st.add_state("rank_diff", np.zeros((c, p.n_trials + 1), np.int64), "sum", sparse=True)
@@ -304,12 +304,18 @@ class MegafaceAccumulator:
             st.add_state("low_ge", np.zeros((c, p.low_pos.size), np.int64), "sum")
             st.add_state("low_eq", np.zeros((c, p.low_pos.size), np.int64), "sum")
             st.add_state("top", [np.empty(0, np.float32) for _ in range(c)], "topk")
-            self.state[p.name] = st
+            self._state[p.name] = st
         thr = np.stack([p.thr for p in plans]).min(axis=0) if plans else np.empty(0, np.float32)
         self.t_rank = thr.astype(np.float32)
         self._zero_hist: np.ndarray | None = None
         self._kernel = _make_kernel(self.kernel_name, self)
         self._torch_kernel = None
+
+    @property
+    def state(self) -> dict[str, VariantState]:
+        """Each variant's :class:`VariantState`, complete (the kernel's pending partial counts flushed first)."""
+        self.flush()
+        return self._state
 
     # --- helpers used by the kernels ----------------------------------------------------------
     @property
@@ -325,7 +331,7 @@ class MegafaceAccumulator:
 
     def floor(self, cls: int) -> float:
         """The lowest top-K floor over the variants for a class (-inf while a buffer is not full)."""
-        tops = [self.state[p.name]["top"][cls] for p in self.plans]
+        tops = [self._state[p.name]["top"][cls] for p in self.plans]
         return min((float(t[-1]) if t.size >= self.k else -np.inf) for t in tops)
 
     def fill_rows(self) -> int:
@@ -339,7 +345,7 @@ class MegafaceAccumulator:
         ``n_noisy_rows``: noisy rows scanned (a ``zero`` variant's scores 0 for them join its candidates).
         """
         for p in self.plans:
-            st = self.state[p.name]
+            st = self._state[p.name]
             keep = p.in_v[cols]
             if p.noise_mode != "keep":
                 keep &= ~row_noisy[rows]
@@ -399,7 +405,7 @@ class MegafaceAccumulator:
         noisy = np.bincount(row_class[used & row_noisy], minlength=self.n_classes)
         for p in self.plans:
             n = rows - (noisy if p.noise_mode == "drop" else 0)
-            self.state[p.name]["n_imp"] += n * p.cols.size
+            self._state[p.name]["n_imp"] += n * p.cols.size
 
     def add_rank_candidates(self, rows, cols, vals, row_class: np.ndarray, row_noisy: np.ndarray) -> None:
         """Candidate counts (scores >= the column's lowest high genuine score) into the difference arrays.
@@ -409,7 +415,7 @@ class MegafaceAccumulator:
         noisy_rows = np.flatnonzero(row_noisy)
         c = self.n_classes
         for p in self.plans:
-            st = self.state[p.name]
+            st = self._state[p.name]
             t1 = p.n_trials + 1
             keep = vals >= p.thr[cols]
             if p.noise_mode != "keep":
@@ -449,21 +455,21 @@ class MegafaceAccumulator:
         self.flush()
         other.flush()
         for p in self.plans:
-            self.state[p.name].merge(other.state[p.name])
+            self._state[p.name].merge(other._state[p.name])
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Flat dict of arrays (sparse encoding for the mostly-zero ones) for saving and all_gather."""
         self.flush()
         out: dict[str, np.ndarray] = {}
         for p in self.plans:
-            out.update(self.state[p.name].to_arrays(p.name))
+            out.update(self._state[p.name].to_arrays(p.name))
         return out
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Replace the state by :meth:`state_arrays` output."""
         self.flush()
         for p in self.plans:
-            self.state[p.name].load_arrays(p.name, arrays)
+            self._state[p.name].load_arrays(p.name, arrays)
 
     # --- compute ------------------------------------------------------------------------------
     def size_view(self, name: str, classes: np.ndarray) -> dict[str, np.ndarray]:
@@ -472,7 +478,7 @@ class MegafaceAccumulator:
         Returns ``{count_ge, count_eq}`` (int64 per sorted trial), ``top`` (desc, at most k), ``hist``, ``n_imp``.
         """
         self.flush()
-        st = self.state[name]
+        st = self._state[name]
         classes = np.asarray(classes, dtype=np.int64)
         rd = st["rank_diff"][classes].sum(axis=0)
         td = st["tie_diff"][classes].sum(axis=0)

@@ -445,13 +445,15 @@ def _(d):
 @case("extract --device typo", 5)
 def _(d):
     pack = lfw_copy(d)
-    return Setup(extract_args(d / "f.h5", "--model", "iresnet_tiny", "--random-weights", "--device", "cdua", pack=pack), [pack], "cdua")
+    args = extract_args(d / "f.h5", "--model", "iresnet_tiny", "--random-weights", "--device", "cdua", pack=pack)
+    return Setup(args, [pack], "cdua")
 
 
 @case("extract --device cuda without CUDA", 5)
 def _(d):
     pack = lfw_copy(d)
-    return Setup(extract_args(d / "f.h5", "--model", "iresnet_tiny", "--random-weights", "--device", "cuda", pack=pack), [pack], "cuda")
+    args = extract_args(d / "f.h5", "--model", "iresnet_tiny", "--random-weights", "--device", "cuda", pack=pack)
+    return Setup(args, [pack], "cuda")
 
 
 @case("extract hostile checkpoint: no weights_only=False advice", 6, forbid=NO_ADVICE)

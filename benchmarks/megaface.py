@@ -2,7 +2,7 @@
 
 Usage: ``python benchmarks/megaface.py [--distractors 1000000] [--dim 512] [--dense-at 100000] [--kernel auto]``
 
-1. Generates (or reuses, under $MEGABENCH_CACHE) a synthetic MegaFace set: 3530 probes x N distractors.
+1. Generates (or reuses, in megabench.config.cache_dir()) a synthetic MegaFace set: 3530 probes x N distractors.
 2. Floor: the same distractor blocks, already in memory and normalised, through ``block @ probes.T``
    and nothing else (median of ``--repeats`` passes).
    Also numpy's blocked GEMM (OpenBLAS); the best of the two is printed as a second floor.
@@ -22,7 +22,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -168,13 +167,12 @@ def main() -> None:
     ap.add_argument("--breakdown-blocks", type=int, default=6, help="blocks timed in the per-block breakdown")
     a = ap.parse_args()
 
+    from megabench.config import synthetic_megaface_folder
     from megabench.data.synthetic_megaface import STANDARD_SIZES, generate
     from megabench.evaluation.megaface import load_probes
 
-    cache = Path(os.environ.get("MEGABENCH_CACHE", Path(tempfile.gettempdir()) / "megabench_cache"))
-
     def dataset(n: int) -> Path:
-        folder = cache / f"synth_megaface_n{n}_d{a.dim}_s0_float32"
+        folder = synthetic_megaface_folder(n, a.dim)
         if not (folder / "meta.json").exists():
             t = time.perf_counter()
             generate(folder, n, a.dim, 0, progress=False)

@@ -31,6 +31,8 @@ COMMANDS: dict[str, str] = {
     "profile": "megabench.commands.models:profile",
     "export": "megabench.commands.models:export",
     "report": "megabench.commands.report:report",
+    "visualize": "megabench.commands.visualize:visualize",
+    "import-weights": "megabench.commands.import_weights:import_weights",
     "demo": "megabench.commands.demo:demo",
 }
 

@@ -87,37 +87,41 @@ def spec_sha256(path: str | os.PathLike) -> str:
     return sha256_bytes(json.dumps(resolved, sort_keys=True).encode())
 
 
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-        return from_dict(tp, value, where=where)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(arg, value, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        item_tp = args[0] if args else Any
-        items = [_convert(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return dict(value)
-    if origin is typing.Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
-        return value
+def _convert_union(args: tuple[Any, ...], value: Any, where: str) -> Any:
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _convert(arg, value, where)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+
+
+def _convert_sequence(origin: type, args: tuple[Any, ...], value: Any, where: str) -> Any:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    item_tp = args[0] if args else Any
+    items = [_convert(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple else items
+
+
+def _convert_table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a table, got {value!r}")
+    return dict(value)
+
+
+def _convert_literal(args: tuple[Any, ...], value: Any, where: str) -> Any:
+    if value not in args:
+        raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+    return value
+
+
+def _convert_scalar(tp: Any, value: Any, where: str) -> Any:
     if tp is Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
@@ -128,6 +132,23 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, tp):
             raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    """``value`` (from TOML) as type ``tp``: nested dataclasses, unions, lists/tuples, tables, literals, scalars."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return from_dict(tp, value, where=where)
+    if origin in (typing.Union, types.UnionType):
+        return _convert_union(args, value, where)
+    if origin in (tuple, list):
+        return _convert_sequence(origin, args, value, where)
+    if origin is dict:
+        return _convert_table(value, where)
+    if origin is typing.Literal:
+        return _convert_literal(args, value, where)
+    return _convert_scalar(tp, value, where)
 
 
 def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "") -> T:
@@ -155,13 +176,17 @@ def spec_folder(folder: str = "protocols") -> Path:
     """The folder of the shipped spec files named ``folder`` (``protocols`` or ``baselines``).
 
     Read through :mod:`importlib.resources`: the source tree's folder in an editable install, the
-    copy inside the package after a plain ``pip install``.
+    copy inside the package after a plain ``pip install``; the source tree's folder when megabench runs
+    from a checkout that was never installed.
     """
     try:
         package = SPEC_FOLDERS[folder]
     except KeyError:
         raise UnknownNameError(f"unknown spec folder {folder!r}; known: {sorted(SPEC_FOLDERS)}") from None
-    return Path(str(importlib.resources.files(package)))
+    try:
+        return Path(str(importlib.resources.files(package)))
+    except ModuleNotFoundError:  # a source tree on sys.path that was never installed: read the folder itself
+        return REPO_ROOT / folder
 
 
 def find_spec_file(name: str, folder: str = "protocols") -> Path | None:
@@ -238,3 +263,13 @@ def load_recipe(name_or_path: str | os.PathLike) -> Any:
 def list_specs(folder: str = "protocols") -> list[Path]:
     """The shipped spec files of ``folder``, sorted by name."""
     return sorted(spec_folder(folder).glob("*.toml"))
+
+
+def cache_dir() -> Path:
+    """Where generated data is cached: ``$MEGABENCH_CACHE``, else ``~/.cache/megabench``."""
+    return Path(os.environ.get("MEGABENCH_CACHE") or Path.home() / ".cache" / "megabench")
+
+
+def synthetic_megaface_folder(n_distractors: int, dim: int, seed: int = 0, dtype: str = "float32") -> Path:
+    """The cache folder of one synthetic MegaFace set (``megabench megaface --synthetic``, benchmarks)."""
+    return cache_dir() / f"synth_megaface_n{n_distractors}_d{dim}_s{seed}_{dtype}"

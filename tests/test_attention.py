@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from megabench.models import ATTENTION_REGISTRY, count_params, create_attention, create_model
+from megabench.errors import UnknownNameError
+from megabench.models import ATTENTION_REGISTRY, count_params, create_attention, create_model, params_to_mb
 from megabench.models.layers import attend, attend_reference
 from megabench.models.sca import SelfChannelAttention
 from megabench.models.ssa import SelfSpatialAttention
@@ -170,13 +171,47 @@ def test_registered_attention_shape_and_gradients(name: str, hw: tuple[int, int]
         assert torch.equal(m(x), m(x))
 
 
-def test_sequential_attention_applies_in_order() -> None:
+def _attention_types(block: torch.nn.Module) -> list[type]:
+    """The attention mechanisms of an IR block in the order its forward applies them."""
+    attn = block.attn
+    layers = list(attn) if isinstance(attn, torch.nn.Sequential) else [attn]
+    return [type(m) for m in layers]
+
+
+@pytest.mark.parametrize("name", ["sranet_r50", "sranet_r100", "sranet_tiny"])
+def test_sranet_blocks_apply_sca_then_ssa(name: str) -> None:
+    """The paper's order (section III): channel attention first, then spatial, after every block's branch."""
+    with torch.device("meta"):
+        model = create_model(name)
+    for i, block in enumerate(model.blocks):
+        assert _attention_types(block) == [SelfChannelAttention, SelfSpatialAttention], (name, i)
+
+
+def test_sranet_forward_computes_ssa_of_sca() -> None:
+    """attn(x) = SSA(SCA(x)), and that differs from SCA(SSA(x)): the order is observable, not just declared."""
     torch.manual_seed(0)
-    seq = create_attention(("sca_light", "ssa_light"), 16)
-    x = torch.randn(1, 16, 5, 5)
-    assert torch.equal(seq(x), seq[1](seq[0](x)))
+    block = create_model("sranet_tiny", input_size=(32, 32)).blocks[0].eval()
+    sca = next(m for m in block.attn.modules() if isinstance(m, SelfChannelAttention))
+    ssa = next(m for m in block.attn.modules() if isinstance(m, SelfSpatialAttention))
+    torch.nn.init.normal_(ssa.bn.weight)  # zero at init makes SSA the identity (then any order agrees)
+    x = torch.randn(2, block.branch[1].out_channels, 6, 6)
+    with torch.no_grad():
+        got, paper, reversed_ = block.attn(x), ssa(sca(x)), sca(ssa(x))
+    assert torch.allclose(got, paper, atol=1e-6)
+    assert not torch.allclose(got, reversed_, atol=1e-3)
+
+
+def test_create_attention_sequence_follows_the_given_names() -> None:
+    seq = create_attention(("ssa_light", "sca_light"), 16)
+    assert [type(m) for m in seq] == [SelfSpatialAttention, SelfChannelAttention]
+
+
+def test_create_attention_of_no_names_is_identity() -> None:
     assert isinstance(create_attention((), 16), torch.nn.Identity)
-    with pytest.raises(KeyError, match="did you mean"):
+
+
+def test_create_attention_unknown_name_suggests_close_match() -> None:
+    with pytest.raises(UnknownNameError, match="did you mean 'ssa_light'"):
         create_attention("ssa_lite", 16)
 
 
@@ -186,7 +221,7 @@ def test_parameter_deltas_match_paper_tables(table: int) -> None:
     with torch.device("meta"):
         base = count_params(create_model(rows[0]["model"]))
         for row in rows[1:]:
-            delta_mb = (count_params(create_model(row["model"])) - base) * 4 / 1e6
+            delta_mb = params_to_mb(count_params(create_model(row["model"])) - base)
             paper_delta = row["size_mb"] - rows[0]["size_mb"]
             assert abs(delta_mb - paper_delta) < 0.1, (row["model"], delta_mb, paper_delta)
 

@@ -826,7 +826,6 @@ def run_case(c: Case, d: Path) -> Outcome:
             code, out, err, tb = _invoke_subprocess(setup.args, c.subprocess_mem)
         else:
             code, out, err, tb = _invoke_in_process(setup.args)
-        text = out + err
         changed = [p.name for p, h in before.items() if sha(p) != h]
         extra = setup.check() if setup.check and not tb else None
     finally:
@@ -834,6 +833,13 @@ def run_case(c: Case, d: Path) -> Outcome:
         for p in d.rglob("*"):  # read-only folders made by a case
             if p.is_dir() and not p.is_symlink():
                 p.chmod(0o755)
+    return classify(c, setup, code, out, err, tb=tb, changed=changed, extra=extra)
+
+
+def classify(c: Case, setup: Setup, code: int, out: str, err: str, *, tb: bool, changed: list[str],
+             extra: str | None) -> Outcome:
+    """The verdict of one run (see the module docstring), most severe first."""
+    text = out + err
     if changed:
         return Outcome("lost", f"changed: {changed}", text)
     if tb:
@@ -845,24 +851,25 @@ def run_case(c: Case, d: Path) -> Outcome:
     if code != c.code and not (c.code == 1 and code == 2):  # 2: click's usage error, also one line
         return Outcome("unclear", f"exit {code}, expected {c.code}", text)
     missing = [e for e in c.expect_lines if e not in text]
-    if missing:
-        return Outcome("unclear", f"output lacks {missing}", text)
     bad = [e for e in c.forbid if e in text]
-    if bad:
-        return Outcome("unclear", f"output holds {bad}", text)
+    if missing or bad:
+        return Outcome("unclear", f"output lacks {missing} / holds {bad}", text)
     if c.code != 0:
-        errs = [ln for ln in err.splitlines() if ln.lower().startswith("error") or ln.startswith("FAIL")]
-        if not errs:
-            return Outcome("unclear", "no error line", text)
-        if not any(c_must(setup.must_name, ln) for ln in errs):
-            return Outcome("unclear", f"error does not name {setup.must_name!r}", text)
-        if len([ln for ln in err.splitlines() if ln.lower().startswith("error")]) > 1 or "Traceback" in err:
-            return Outcome("unclear", "more than one error line", text)
+        return _message_verdict(setup.must_name, err, text)
     return Outcome("clear", "", text)
 
 
-def c_must(name: str, line: str) -> bool:
-    return name in line
+def _message_verdict(must_name: str, err: str, text: str) -> Outcome:
+    """A refusal must be one ``error:`` line (or ``FAIL`` lines of validate) naming the file."""
+    lines = err.splitlines()
+    errs = [ln for ln in lines if ln.lower().startswith("error") or ln.startswith("FAIL")]
+    if not errs:
+        return Outcome("unclear", "no error line", text)
+    if not any(must_name in ln for ln in errs):
+        return Outcome("unclear", f"error does not name {must_name!r}", text)
+    if len([ln for ln in lines if ln.lower().startswith("error")]) > 1 or "Traceback" in err:
+        return Outcome("unclear", "more than one error line", text)
+    return Outcome("clear", "", text)
 
 
 @pytest.mark.parametrize("c", CASES, ids=[f"{c.cls}:{c.id}" for c in CASES])

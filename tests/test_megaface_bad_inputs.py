@@ -203,6 +203,11 @@ def _convert_list_traversal(f, w):
             str(f / "x.h5"), "--file-ending", ""]
 
 
+def _convert_root_is_file(f, w):
+    (f / "rootfile").write_text("x")
+    return ["convert", "--to", "matio", "--root", str(f / "rootfile"), "--store", str(f / "probes.h5")]
+
+
 def _synth_existing(f, w):
     (f / "set").mkdir()
     (f / "set" / "megaface.h5").write_bytes(b"someone's store")
@@ -246,6 +251,7 @@ CASES = [
     ("convert ../ path", _convert_traversal("../victim.bin"), "evil.h5"),
     ("convert absolute path", _convert_traversal("/tmp/megabench-victim.bin"), "evil.h5"),
     ("convert list ../ path", _convert_list_traversal, "evil_list.json"),
+    ("convert root is a file", _convert_root_is_file, "rootfile"),
     ("synth over a set", _synth_existing, "set"),
 ]
 

@@ -57,15 +57,6 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     assert merged == json.loads(dumps_json(single["variants"]))
 
 
-def test_all_gather_is_a_noop_for_one_process():
-    from megabench.engine.distributed import DistInfo, all_gather_arrays, init_from_env
-
-    info = init_from_env("cpu")
-    assert info == DistInfo(0, 1, "")
-    arrays = {"a": np.arange(3)}
-    assert all_gather_arrays(arrays, info) == [arrays]
-
-
 @pytest.mark.parametrize("n", [0, 5])
 def test_state_arrays_roundtrip_merge(n):
     """merge(A, B) == one accumulator fed both blocks; state_arrays/load_state_arrays round trip."""

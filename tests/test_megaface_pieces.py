@@ -92,6 +92,9 @@ def test_state_roundtrip_marker_and_fingerprint(tmp_path):
     with pytest.raises(DataError, match="different inputs"):
         ResumeState(st.path, "e" * 64).load(FakeAcc())
     assert not ResumeState(st.path, "e" * 64).remove() and st.path.exists()  # another run's state: kept
+    with pytest.raises(MegabenchError, match="another run"):
+        ResumeState(st.path, "e" * 64).check_overwrite()  # nor overwritten by a fresh pass
+    st.check_overwrite()  # the same run may start afresh over its own state
     assert st.remove() and not st.path.exists()
 
 

@@ -272,6 +272,10 @@ def test_resume_equals_uninterrupted_and_refuses_other_inputs(tmp_path):
     assert resumed["variants"] == full["variants"]
     with pytest.raises(DataError, match="different inputs"):
         run(tmp_path, w, state=state, resume=True, refine="drop")
+    before = state.read_bytes()
+    with pytest.raises(MegabenchError, match="another run"):  # other options: that run's state is kept
+        run(tmp_path, w, state=state, refine="drop", checkpoint_seconds=0)
+    assert state.read_bytes() == before
 
 
 def test_result_schema_devkit_json_and_table(tmp_path):

@@ -261,7 +261,7 @@ def test_synth_megaface_images_cli(tmp_path, monkeypatch):
 
     monkeypatch.setattr(smi, "_default_render", lambda: _stand_in_render)
     res = _invoke("synth", "megaface", "--images", "--out", tmp_path / "s", "--distractors", "12",
-                  "--identities", "3", "--per-identity", "2", "--quiet")
+                  "--identities", "3", "--per-identity", "2", "--size", "64", "--quiet")
     assert res.exit_code == 0, res.output
     pl = read_probe_list(tmp_path / "s" / "facescrub_features_list.json")
     assert len(pl.paths) == 6 and len(set(pl.names)) == 3
@@ -270,7 +270,7 @@ def test_synth_megaface_images_cli(tmp_path, monkeypatch):
     assert read_distractor_list(tmp_path / "s" / "lists" / "megaface_features_list.json_10_1") == dist[:10]
     for p in dist:
         with Image.open(tmp_path / "s" / "megaface_images" / p) as im:
-            assert im.size == (112, 112) and im.mode == "RGB"
+            assert im.size == (64, 64) and im.mode == "RGB"
     noise = (tmp_path / "s" / "megaface_noises.txt").read_text().split("\n")
     assert sum(n in dist for n in noise) == 3  # the planted near-duplicates
     assert "megabench megaface --model" in res.output

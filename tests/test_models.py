@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from megabench.config import list_specs, load_spec, spec_folder
-from megabench.errors import ConfigError
+from megabench.errors import ConfigError, UnknownNameError
 from megabench.models import (
     ATTENTION_REGISTRY,
     MODEL_REGISTRY,
@@ -18,6 +18,7 @@ from megabench.models import (
     list_models,
     size_mb,
 )
+from megabench.models.ssa import SelfSpatialAttention
 
 TINY = [n for n in list_models() if n.endswith("_tiny")]
 FULL = [n for n in list_models() if not n.endswith("_tiny")]
@@ -73,50 +74,82 @@ def _tiny_cases() -> list[tuple[str, tuple[str, ...] | None]]:
     return cases
 
 
-@pytest.mark.parametrize(("name", "attn"), _tiny_cases(), ids=lambda v: "+".join(v) if isinstance(v, tuple) else v)
-def test_tiny_forward_gradient_determinism(name: str, attn: tuple[str, ...] | None) -> None:
-    torch.manual_seed(0)
+TINY_CASES = _tiny_cases()
+TINY_IDS = ["+".join(a) if a else n for n, a in TINY_CASES]
+
+
+def _tiny(name: str, attn: tuple[str, ...] | None, seed: int = 0):
+    torch.manual_seed(seed)
     overrides = {} if attn is None else {"attn_layers": attn, "input_size": (56, 56)}
-    model = create_model(name, **overrides)
+    return create_model(name, **overrides), overrides
+
+
+def _open_ssa_gates(model) -> None:
+    """SSA's output BN starts at zero weight (identity block); open it so every parameter matters."""
+    for m in model.modules():
+        if isinstance(m, SelfSpatialAttention):
+            torch.nn.init.ones_(m.bn.weight)
+
+
+@pytest.mark.parametrize(("name", "attn"), TINY_CASES, ids=TINY_IDS)
+def test_tiny_parameter_count_matches_closed_form(name: str, attn: tuple[str, ...] | None) -> None:
+    model, _ = _tiny(name, attn)
     cfg = model.config
     hw = -(-cfg["input_size"][0] // 16)  # ceil: 56 -> 28 -> 14 -> 7 -> 4
     assert count_params(model) == _ir_params(cfg["depths"], cfg["widths"], cfg["stem_width"],
                                              cfg["embedding_size"], hw, cfg["attn_layers"])
-    for m in model.modules():  # open SSA's zero-init gate so every parameter sees a gradient
-        if hasattr(m, "bn") and hasattr(m, "rho"):
-            torch.nn.init.ones_(m.bn.weight)
+
+
+@pytest.mark.parametrize(("name", "attn"), TINY_CASES, ids=TINY_IDS)
+def test_tiny_backward_reaches_every_parameter(name: str, attn: tuple[str, ...] | None) -> None:
+    model, _ = _tiny(name, attn)
+    _open_ssa_gates(model)
     h, w = model.preprocessing.input_size
-    x = torch.randn(2, 3, h, w)
-    out = model(x)
-    assert out.shape == (2, cfg["embedding_size"]) and torch.isfinite(out).all()
+    out = model(torch.randn(2, 3, h, w))
+    assert out.shape == (2, model.config["embedding_size"]) and torch.isfinite(out).all()
     out.square().mean().backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
         assert p.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize(("name", "attn"), TINY_CASES, ids=TINY_IDS)
+def test_tiny_eval_is_deterministic_and_per_sample(name: str, attn: tuple[str, ...] | None) -> None:
+    model, _ = _tiny(name, attn)
+    _open_ssa_gates(model)
+    h, w = model.preprocessing.input_size
+    x = torch.randn(2, 3, h, w)
     model.eval()
     with torch.no_grad():
-        a = model(x)
-        assert torch.equal(a, model(x))
-        # eval: no coupling across the batch. In fp64, since SCA's unscaled logits (the paper has no
+        assert torch.equal(model(x), model(x))
+        # no coupling across the batch. In fp64, since SCA's unscaled logits (the paper has no
         # 1/sqrt(d)) make its softmax nearly one-hot and amplify fp32 rounding between batch sizes.
         model.double()
         torch.testing.assert_close(model(x.double())[:1], model(x[:1].double()), rtol=1e-7, atol=1e-7)
-    torch.manual_seed(0)
-    again = create_model(name, **overrides)
-    for (k, v), (_, v2) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
-        if "running" not in k and "num_batches" not in k and "bn.weight" not in k:
-            assert torch.equal(v, v2), k
 
 
-def test_overrides_and_errors() -> None:
+@pytest.mark.parametrize(("name", "attn"), TINY_CASES, ids=TINY_IDS)
+def test_tiny_construction_is_seeded(name: str, attn: tuple[str, ...] | None) -> None:
+    a, _ = _tiny(name, attn, seed=3)
+    b, _ = _tiny(name, attn, seed=3)
+    for (k, v), (_, v2) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(v, v2), k
+
+
+def test_overrides_replace_config_and_preprocessing() -> None:
     m = create_model("iresnet_tiny", embedding_size=32, input_size=(56, 56))
     assert m(torch.randn(2, 3, 56, 56)).shape == (2, 32)
     assert m.preprocessing.input_size == (56, 56) and m.config["embedding_size"] == 32
-    with pytest.raises(KeyError, match="did you mean"):
+
+
+def test_unknown_model_name_suggests_close_match() -> None:
+    with pytest.raises(UnknownNameError, match="did you mean 'iresnet50'"):
         create_model("iresnet5O")
+
+
+def test_unknown_model_option_is_refused() -> None:
     with pytest.raises(TypeError, match="unknown option"):
         create_model("iresnet_tiny", width=3)
-    assert MODEL_REGISTRY.get("sranet_r50") is MODEL_REGISTRY["sranet_r50"]
 
 
 def test_preprocessing_normalize() -> None:
@@ -164,21 +197,24 @@ def test_recipes_cover_the_paper_grids() -> None:
     assert sum(c.startswith("Table 5") for c in cells) == 8
 
 
-def test_recipe_schedule_and_errors(tmp_path) -> None:
+def test_recipe_schedule_divides_lr_at_steps() -> None:
     r = load_spec(spec_folder("baselines") / "_casia_r50.toml", "baselines")
     assert r.schedule.lr_at(0.1, 0) == 0.1
+    assert r.schedule.lr_at(0.1, 29999) == 0.1
     assert r.schedule.lr_at(0.1, 30000) == pytest.approx(0.01)
     assert r.schedule.lr_at(0.1, 79999) == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize(("delta", "message"), [
+    ('head = "cosface"\nhead_args = { margin_rad = 0.5 }\n', "head_args"),
+    ('model = "sranet_r5O"\n', "did you mean"),
+    ('[schedule]\nlr_steps = [50000, 30000]\n', "increasing"),
+], ids=["head_args", "model_name", "lr_steps"])
+def test_bad_recipe_is_a_config_error(tmp_path, delta: str, message: str) -> None:
     bad = tmp_path / "bad.toml"
     base = (spec_folder("baselines") / "_casia_r50.toml").as_posix()
-    bad.write_text(f'base = "{base}"\nhead = "cosface"\nhead_args = {{ margin_rad = 0.5 }}\n')
-    with pytest.raises(ConfigError, match="head_args"):
-        load_spec(bad)
-    bad.write_text(f'base = "{base}"\nmodel = "sranet_r5O"\n')
-    with pytest.raises(ConfigError, match="did you mean"):
-        load_spec(bad)
-    bad.write_text(f'base = "{base}"\n[schedule]\nlr_steps = [50000, 30000]\n')
-    with pytest.raises(ConfigError, match="increasing"):
+    bad.write_text(f'base = "{base}"\n{delta}')
+    with pytest.raises(ConfigError, match=message):
         load_spec(bad)
 
 

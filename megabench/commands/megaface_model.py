@@ -63,24 +63,27 @@ def synthetic_images_options(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def run(**kw):
         images, identities, per_identity = kw.pop("images"), kw.pop("identities"), kw.pop("per_identity")
-        first_identity = kw.pop("first_identity")
+        first_identity, size = kw.pop("first_identity"), kw.pop("size")
         if not images:
             return fn(**kw)
         from megabench.data.synthetic_megaface_images import generate_images
 
         meta = generate_images(kw["out"], n_identities=identities, per_identity=per_identity,
                                n_distractors=kw["distractors"], seed=kw["seed"], first_identity=first_identity,
-                               progress=not kw.get("quiet"))
+                               size=size, progress=not kw.get("quiet"))
         out = kw["out"]
-        click.echo(f"wrote {meta['n_probes']} probe images of {identities} identities and {meta['n_distractors']:,} "
-                   f"distractor images to {out} (sizes {meta['sizes']}, {meta['n_mislabelled_probes']} mislabelled "
-                   f"probes, {meta['n_near_duplicates']} near-duplicates)")
+        click.echo(f"wrote {meta['n_probes']} {size}x{size} probe images of {identities} identities and "
+                   f"{meta['n_distractors']:,} distractor images to {out} (sizes {meta['sizes']}, "
+                   f"{meta['n_mislabelled_probes']} mislabelled probes, {meta['n_near_duplicates']} near-duplicates)")
         click.echo(f"next:     megabench megaface --model NAME --facescrub-root {out}/facescrub_images "
                    f"--megaface-root {out}/megaface_images --probe-list {out}/facescrub_features_list.json "
                    f"--distractor-lists {out}/lists --facescrub-noises {out}/facescrub_noises.txt "
                    f"--megaface-noises {out}/megaface_noises.txt")
         return None
 
+    run = click.option("--size", default=112, show_default=True, type=click.IntRange(min=16),
+                       help="With --images: image side in pixels (the model's input size, e.g. 64 for the demo "
+                            "recipe).")(run)
     run = click.option("--first-identity", default=100_000, show_default=True, type=click.IntRange(min=0),
                        help="With --images: render identities from this number on (a `synth faces` training set "
                             "uses 0..N-1, so the default tests on unseen people).")(run)

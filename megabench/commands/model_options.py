@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-MODEL_KEYS = ("model_name", "checkpoint", "runs", "cache", "batch_size", "workers", "amp")
+MODEL_KEYS = ("model_name", "checkpoint", "runs", "cache", "batch_size", "workers", "amp", "onnx_input")
 
 
 def model_options(*, device: bool = False) -> Callable:
@@ -23,6 +23,9 @@ def model_options(*, device: bool = False) -> Callable:
                           "under --runs."),
         click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
                      help="megabench checkpoint (loaded with weights_only=True); names its model."),
+        click.option("--onnx-input", default=None, metavar="KEY=VALUE,...",
+                     help="For --model path.onnx: layout=NCHW|NHWC, channels=RGB|BGR, mean=, std=, flip= "
+                          "(default: the file's megabench metadata, else insightface's NCHW RGB 127.5/127.5 sum)."),
         click.option("--runs", type=click.Path(file_okay=False), default="runs", show_default=True,
                      help="Folder searched for finished training runs when --checkpoint is omitted."),
         click.option("--cache", type=click.Path(file_okay=False), default=None,
@@ -48,6 +51,13 @@ def model_options(*, device: bool = False) -> Callable:
 def pop_model_options(kw: dict[str, Any]) -> dict[str, Any]:
     """Remove and return the options :func:`model_options` added (``device`` stays in ``kw``)."""
     return {k: kw.pop(k) for k in MODEL_KEYS if k in kw}
+
+
+def onnx_options(mo: dict[str, Any]) -> dict[str, Any]:
+    """``--onnx-input`` as :class:`~megabench.models.onnx_model.OnnxEmbedder` keyword options."""
+    from megabench.models.onnx_model import parse_onnx_options
+
+    return parse_onnx_options(mo.get("onnx_input"))
 
 
 def extract_options(mo: dict[str, Any], device: str, quiet: bool):
@@ -78,7 +88,8 @@ def features_from_model(mo: dict[str, Any], *, facescrub_root: str | None, megaf
     check_amp(mo["amp"], device)
     main = dist_info is None or dist_info.is_main
     echo = click.echo if main else (lambda _msg: None)
-    source = resolve_model(mo["model_name"], mo["checkpoint"], runs=mo["runs"], echo=echo)
+    source = resolve_model(mo["model_name"], mo["checkpoint"], runs=mo["runs"], echo=echo,
+                           onnx_options=onnx_options(mo))
     where = MegafaceImages(Path(facescrub_root), Path(megaface_root), Path(probe_list), Path(distractor_lists),
                            list_set, tuple(int(s) for s in sizes) if sizes else None)
     probes, distractors = megaface_features(source, where, cache=mo["cache"],

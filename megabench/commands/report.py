@@ -1,72 +1,39 @@
-"""``megabench report``: tables and figures from result files (never from anything else)."""
+"""``megabench report``: the paper's tables and figures from result files (never from anything else)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import click
 
 
-def _markdown(df) -> str:
-    """A GitHub markdown table (pandas' to_markdown needs tabulate; this needs nothing)."""
-    cols = [df.index.name or ""] + [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in df.itertuples(name=None):  # keeps each column's dtype (iterrows upcasts ints to float)
-        cells = [str(row[0])]
-        for v in row[1:]:
-            cells.append(f"{v:.2f}" if isinstance(v, float) else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 @click.command("report")
-@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("results", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "out_dir", default="reports/generated", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the tables (.md, .csv) and figures (.png).")
-@click.option("--size", default=None, help="MegaFace distractor size for the table (default: largest in each file).")
-def report(results: tuple[str, ...], out_dir: str, size: str | None) -> None:
-    """Paper-style tables (verification, MegaFace Table 5, cost Tables 1-2) and figures from RESULTS.
+              help="Folder for the tables, figures and report.html.")
+@click.option("--format", "formats", default="md,csv,tex,html", show_default=True,
+              help="Comma-separated: md, csv, tex (booktabs), html (one file, figures inlined).")
+@click.option("--size", default=None, help="MegaFace distractor size for the summary table (default: largest).")
+@click.option("--map", "mapping", multiple=True, metavar="MODEL=TAG",
+              help="Put MODEL's results in the paper row TAG (e.g. sranet_tiny='Table 3 ArcFace SRANet'); repeatable.")
+def report(results: tuple[str, ...], out_dir: str, formats: str, size: str | None, mapping: tuple[str, ...]) -> None:
+    """Tables 1-5 of the paper (paper / ours / diff), summary tables and figures from RESULTS.
 
-    RESULTS are result JSON files or folders holding them (searched recursively).
+    RESULTS are result JSON files or folders holding them (searched recursively). A result fills a
+    paper row by the paper tags of its training recipe, else by its model name and head, else --map.
     """
-    from megabench.errors import DataError
-    from megabench.fileio import atomic_write_bytes, check_output_dir
-    from megabench.reporting import plots, tables
-    from megabench.results import read_result
+    from megabench.fileio import check_output_dir
+    from megabench.reporting.build import build_report, parse_formats, parse_mapping
+    from megabench.reporting.render import to_markdown
 
     check_output_dir(out_dir, [])  # a folder we can write, checked before reading anything
-
-    files: list[Path] = []
-    for r in results:
-        p = Path(r)
-        files.extend(sorted(p.rglob("*.json")) if p.is_dir() else [p])
-    by_kind: dict[str, list[dict]] = {}
-    for f in files:
-        try:
-            res = read_result(f)
-        except DataError as exc:  # a folder may hold other JSON (devkit files); a named file must be a result
-            if Path(f) in map(Path, results):
-                raise
-            click.echo(f"skipped {f}: {exc}", err=True)
-            continue
-        by_kind.setdefault(res["kind"], []).append(res)
-    if not by_kind:
-        raise click.ClickException("no megabench result files among the inputs")
-
-    out = Path(out_dir)
-    builders = {"verification": tables.verification_table, "megaface": lambda rs: tables.megaface_table(rs, size=size),
-                "profile": tables.profile_table}
-    for kind, rs in sorted(by_kind.items()):
-        if kind not in builders:
-            continue
-        df = builders[kind](rs)
-        md = _markdown(df)
-        atomic_write_bytes(out / f"{kind}.md", md.encode())
-        atomic_write_bytes(out / f"{kind}.csv", df.to_csv().encode())
-        click.secho(f"{kind} ({len(rs)} result file(s))", bold=True)
-        click.echo(md)
-    if "megaface" in by_kind:
-        click.echo(f"figure: {plots.megaface_curves(by_kind['megaface'], out / 'megaface_cmc_roc.png')}")
-    if "profile" in by_kind:
-        click.echo(f"figure: {plots.cost_bars(by_kind['profile'], out / 'profile_cost.png')}")
-    click.echo(f"tables: {out}/*.md, *.csv")
+    rep = build_report(results, out_dir, formats=parse_formats(formats), size=size, mapping=parse_mapping(mapping))
+    for path, reason in rep.skipped:
+        click.echo(f"skipped {path}: {reason}", err=True)
+    for table in rep.tables:
+        if not table.name.startswith("table"):
+            click.echo(to_markdown(table))
+    for number, rows in rep.filled.items():
+        click.echo(f"paper Table {number}: ours in {len(rows)} row(s)" + (f": {', '.join(rows)}" if rows else ""))
+    for fig in rep.figures:
+        click.echo(f"figure: {fig} (+ .pdf)")
+    click.echo(f"report: {out_dir} ({len(rep.files)} table files" +
+               (", report.html)" if any(f.name == "report.html" for f in rep.files) else ")"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from megabench.choices import FLIP_MODES, THRESHOLD_SEARCHES
 from megabench.commands.model_options import model_options, pop_model_options
 
 
@@ -27,12 +28,12 @@ def guess_protocol(pairs_path: str) -> str:
                    "--pairs. Or give --model / --checkpoint to extract them.")
 @click.option("--images", type=click.Path(file_okay=False), default=None,
               help="Image folder the pair list names its images in (LFW: <ROOT>/<Name>/<Name>_<NNNN>.jpg).")
-@click.option("--flip", type=click.Choice(["none", "sum", "concat"]), default=None,
+@click.option("--flip", type=click.Choice(FLIP_MODES), default=None,
               help="Flip fusion; default from the protocol (concat = SRANet paper, sum = insightface).")
 @click.option("--protocol", default=None,
               help="Protocol name in protocols/ or a .toml path; default: the pairs file's stem if it names "
                    "one, else lfw.")
-@click.option("--threshold-search", type=click.Choice(["insightface", "exact"]), default=None,
+@click.option("--threshold-search", type=click.Choice(THRESHOLD_SEARCHES), default=None,
               help="insightface: the arange(0, 4, 0.01) grid (default); exact: every training midpoint.")
 @click.option("--allow-partial", is_flag=True, help="Accept a pair count that differs from the protocol's.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
@@ -76,7 +77,10 @@ def _model_source(mo: dict, device: str):
     from megabench.engine.model_source import resolve_model
 
     check_amp(mo["amp"], device)
-    return resolve_model(mo["model_name"], mo["checkpoint"], runs=mo["runs"], echo=click.echo)
+    from megabench.commands.model_options import onnx_options
+
+    return resolve_model(mo["model_name"], mo["checkpoint"], runs=mo["runs"], echo=click.echo,
+                         onnx_options=onnx_options(mo))
 
 
 def _verify_one(pairs_file: str, features: str | None, source, mo: dict, *, images, flip, protocol, threshold_search,

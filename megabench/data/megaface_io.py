@@ -385,6 +385,8 @@ def store_to_matio(
     from tqdm import tqdm
 
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: --root is a file; give the folder the matio tree goes into")
     with open_store(store, "--store") as fs:
         paths = fs.paths()
         dup = duplicates(paths)

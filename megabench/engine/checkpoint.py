@@ -211,4 +211,9 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str,
                         "written by another megabench version") from None
     check_weights_fit(payload["state_dict"], model, source=str(path))
     model.load_state_dict(payload["state_dict"], strict=True)
+    prep = payload.get("preprocessing")
+    if isinstance(prep, dict):  # the input contract the weights were saved with (e.g. imported: /127.5)
+        from megabench.models.preprocessing import Preprocessing
+
+        model.preprocessing = Preprocessing(**{**prep, "input_size": tuple(prep["input_size"])})
     return model, payload

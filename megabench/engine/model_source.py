@@ -8,6 +8,8 @@
 - ``--model NAME`` alone: the ``final.pt`` of the newest *finished* ``megabench train`` run of that
   model under ``--runs`` (a folder whose ``run.json`` has ``"status": "finished"`` and ``"model": NAME``);
   none is an error that says how to train one or pass ``--checkpoint``;
+- ``--model path.onnx``: the ONNX file, run with onnxruntime (input layout and normalisation as
+  options, insightface's by default; see :mod:`megabench.models.onnx_model`);
 - ``allow_random=True`` (``megabench extract --random-weights``): a freshly initialised model, for
   pipeline checks only.
 """
@@ -84,6 +86,16 @@ def _from_checkpoint(name: str | None, checkpoint: Path, run: Path | None = None
                        model.preprocessing.to_dict(), run)
 
 
+def _from_onnx(path: Path, options: dict[str, Any]) -> ModelSource:
+    """An ONNX file as a model: its sha256 stands for the weights, its name is the exported model's
+    (``megabench export`` metadata) or the file stem."""
+    from megabench.fileio import sha256_file
+    from megabench.models.onnx_model import OnnxEmbedder
+
+    model = OnnxEmbedder(path, **{k: v for k, v in options.items() if v is not None})
+    return ModelSource(model, model.name, path, sha256_file(path), model.preprocessing.to_dict())
+
+
 def resolve_model(
     name: str | None,
     checkpoint: str | os.PathLike | None = None,
@@ -91,19 +103,22 @@ def resolve_model(
     runs: str | os.PathLike | None = None,
     allow_random: bool = False,
     echo: Callable[[str], None] | None = None,
+    onnx_options: dict[str, Any] | None = None,
 ) -> ModelSource:
     """Turn ``--model`` / ``--checkpoint`` / ``--runs`` into a :class:`ModelSource` (see module doc).
 
-    ``echo`` receives one line saying which checkpoint a run resolved to.
+    ``echo`` receives one line saying which checkpoint a run resolved to. ``--model path.onnx`` runs
+    that file with onnxruntime (:class:`~megabench.models.onnx_model.OnnxEmbedder`; ``onnx_options``
+    are its keyword options: layout, channel_order, mean, std, flip).
     """
     from megabench.models import create_model
 
     if name is None and checkpoint is None:
         raise MegabenchError("give --model NAME (a trained run under --runs) or --checkpoint FILE")
-    # ONNX models (developer "report"): `--model path.onnx` -> OnnxEmbedder (megabench/models/onnx_model.py);
-    # return ModelSource(embedder, name=..., checkpoint=Path(name), checkpoint_sha256=sha256_file(name), ...).
     if name is not None and str(name).lower().endswith(".onnx"):
-        raise MegabenchError(f"{name}: ONNX models are not supported here yet; pass a megabench checkpoint")
+        if checkpoint is not None:
+            raise MegabenchError(f"--model {name} is an ONNX file with its own weights; drop --checkpoint {checkpoint}")
+        return _from_onnx(Path(name), onnx_options or {})
     if checkpoint is not None:
         return _from_checkpoint(name, Path(checkpoint))
     import torch

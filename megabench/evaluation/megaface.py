@@ -532,6 +532,17 @@ class ResumeState:
             raise DataError(f"{self.path}: damaged resume state ({exc}); delete it to start afresh") from None
         return blocks
 
+    def check_overwrite(self) -> None:
+        """Before a fresh (not resumed) pass: an existing state at this path must be this run's (same
+        fingerprint); another run's state is refused, not overwritten."""
+        if not self.path.exists():
+            return
+        marker = state_marker(self.path)
+        if marker != (STATE_MAGIC, self.fingerprint):
+            raise MegabenchError(f"{self.path}: holds the resume state of another run (other inputs or options); "
+                                 "refusing to overwrite it: resume that run, delete the file, or choose another "
+                                 "--state")
+
     def remove(self) -> bool:
         """Delete the file if it is this run's state (marker and fingerprint match); True if deleted."""
         if state_marker(self.path) != (STATE_MAGIC, self.fingerprint):
@@ -851,6 +862,8 @@ def stream_pass(inputs: MegafaceInputs, stack: Stack, acc, opts: MegafaceOptions
         done = state.load(acc)
         if info.is_main:
             echo(f"resuming from {state.path}: {len(done)} of {len(mine)} blocks done")
+    elif state is not None:
+        state.check_overwrite()
     finished = set(done)
     todo = [b for b in mine if b not in finished]
     be = make_backend(opts.backend, stack.vectors, opts.device)

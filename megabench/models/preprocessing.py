@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-FLIP_MODES = ("concat", "sum", "none")
+from megabench.choices import FLIP_MODES, FlipMode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Preprocessing:
     channel_order: Literal["RGB", "BGR"] = "RGB"
     mean: float = 127.5
     std: float = 128.0
-    flip: Literal["concat", "sum", "none"] = "concat"
+    flip: FlipMode = "concat"
 
     def __post_init__(self) -> None:
         if self.flip not in FLIP_MODES:

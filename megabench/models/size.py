@@ -17,8 +17,8 @@ def count_params(model: nn.Module) -> int:
 def params_to_mb(n_params: int) -> float:
     """Model size in MB of ``n_params`` fp32 parameters (1 MB = 10^6 bytes).
 
-    >>> params_to_mb(43_589_216)
-    174.356864
+    >>> params_to_mb(43_590_848)  # iresnet50
+    174.363392
     """
     return n_params * BYTES_PER_PARAM / BYTES_PER_MB
 

@@ -1,52 +1,96 @@
-"""The SRANet paper's Tables 1-2 as data (CASIA-WebFace, ResNet-50, ArcFace loss).
+"""The paper's Tables 1-5 with our numbers beside the published ones, built from result files only.
 
-Columns: verification accuracy (%) on LFW / AgeDB-30 / CFP-FP, inference time (ms, per image, GPU
-not stated beyond the 4 x TITAN Xp used for training), model size (MB, fp32), GPU memory (MB) of
-training at batch 128. ``model`` is our registered name for the row.
+For each printed row of a table (``paper_reference.toml``) the output has a ``paper`` line, and,
+when result files fill that row, an ``ours`` line and a ``diff`` line (ours - paper, where both
+exist). Which results fill a row is data, never names in code (:mod:`megabench.reporting.matching`):
+the paper tags a result carries from its training recipe, else its model name and head, else a
+user's ``--map MODEL=TAG``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-_BASELINE = {"method": "ResNet50 (Baseline)", "model": "iresnet50", "lfw": 99.42, "agedb_30": 94.45,
-             "cfp_fp": 95.24, "time_ms": 14.31, "size_mb": 170.51, "memory_mb": 3583}
+import pandas as pd
 
-PAPER_TABLES: dict[int, dict[str, Any]] = {
-    1: {
-        "title": "Table 1. Self residual spatial attention variants (CASIA-WebFace, ResNet50, ArcFace)",
-        "rows": [
-            _BASELINE,
-            {"method": "ResNet50 + Naive SSA", "model": "iresnet50_ssa_naive", "lfw": 99.55, "agedb_30": 94.91,
-             "cfp_fp": 95.74, "time_ms": 24.69, "size_mb": 185.66, "memory_mb": 15422},
-            {"method": "ResNet50 + AvgPool SSA", "model": "iresnet50_ssa_avg", "lfw": 99.52, "agedb_30": 94.88,
-             "cfp_fp": 95.62, "time_ms": 19.53, "size_mb": 185.66, "memory_mb": 7521},
-            {"method": "ResNet50 + MaxPool SSA", "model": "iresnet50_ssa_max", "lfw": 99.53, "agedb_30": 95.03,
-             "cfp_fp": 95.66, "time_ms": 19.70, "size_mb": 185.66, "memory_mb": 7647},
-            {"method": "ResNet50 + Light SSA", "model": "iresnet50_ssa_light", "lfw": 99.55, "agedb_30": 94.95,
-             "cfp_fp": 95.75, "time_ms": 19.71, "size_mb": 185.67, "memory_mb": 7683},
-        ],
-    },
-    2: {
-        "title": "Table 2. Self residual channel attention variants (CASIA-WebFace, ResNet50, ArcFace)",
-        "rows": [
-            _BASELINE,
-            {"method": "ResNet50 + Naive SCA", "model": "iresnet50_sca_naive", "lfw": 99.50, "agedb_30": 94.72,
-             "cfp_fp": 95.63, "time_ms": 23.13, "size_mb": 191.85, "memory_mb": 7335},
-            {"method": "ResNet50 + AvgPool SCA", "model": "iresnet50_sca_avg", "lfw": 99.48, "agedb_30": 94.69,
-             "cfp_fp": 95.58, "time_ms": 18.21, "size_mb": 184.77, "memory_mb": 5937},
-            {"method": "ResNet50 + MaxPool SCA", "model": "iresnet50_sca_max", "lfw": 99.49, "agedb_30": 94.71,
-             "cfp_fp": 95.60, "time_ms": 18.13, "size_mb": 184.77, "memory_mb": 6105},
-            {"method": "ResNet50 + Light SCA", "model": "iresnet50_sca_light", "lfw": 99.49, "agedb_30": 94.72,
-             "cfp_fp": 95.62, "time_ms": 18.34, "size_mb": 184.78, "memory_mb": 6119},
-        ],
-    },
-}
+from megabench.reporting.matching import cell_value, result_label, rows_filled
+from megabench.reporting.reference import PaperReference, PaperTable, paper_reference
+
+SOURCE_COLUMN = "source"
 
 
 def paper_rows(table: int) -> list[dict[str, Any]]:
-    """Rows of Table ``table`` (1 or 2), baseline first."""
-    try:
-        return [dict(r) for r in PAPER_TABLES[table]["rows"]]
-    except KeyError:
-        raise KeyError(f"unknown paper table {table!r}; known: {sorted(PAPER_TABLES)}") from None
+    """Rows of paper Table ``table`` as flat dicts (``method``, ``model``, ``tag``, text and value
+    columns by key), in print order."""
+    t = paper_reference().table(table)
+    return [{"method": r.method, "model": r.model, "tag": r.tag, **r.text, **r.values} for r in t.rows]
+
+
+def _newest(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(results, key=lambda r: str(r.get("created", "")))
+
+
+def _ours_line(table: PaperTable, results: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """Our cells for one row from the results that fill it (newest wins per cell) and the labels used."""
+    cells: dict[str, Any] = {}
+    labels: list[str] = []
+    for res in _newest(results):
+        for col in table.columns:
+            got = cell_value(res, col, distractors=table.distractors)
+            if got is None:
+                continue
+            value, size = got
+            cells[col.key] = value
+            if size is not None:
+                cells["distractors"] = size
+            label = result_label(res)
+            if label not in labels:
+                labels.append(label)
+    return cells, labels
+
+
+def paper_table(number: int, results: list[dict[str, Any]], *, mapping: Mapping[str, str] | None = None,
+                reference: PaperReference | None = None) -> pd.DataFrame:
+    """Table ``number``: columns ``row``, ``source`` (paper | ours | diff), ``model``, the table's text
+    columns, its value columns (headers as printed) and, for MegaFace tables, ``distractors`` of ours.
+
+    ``results``: result dicts of any kind; ``mapping``: model label -> row tag, applied first.
+    """
+    ref = reference or paper_reference()
+    table = ref.table(number)
+    filled: dict[str, list[dict[str, Any]]] = {}
+    for res in results:
+        for row in rows_filled(res, table, default_head=ref.default_head, mapping=mapping):
+            filled.setdefault(row.tag, []).append(res)
+    headers = {c.key: c.header for c in table.columns}
+    lines = []
+    for row in table.rows:
+        base = {"row": row.method, **{c: row.text.get(c, "") for c in table.text_columns}}
+        lines.append({**base, SOURCE_COLUMN: "paper", "model": row.model or "",
+                      **{headers[k]: v for k, v in row.values.items()}})
+        if row.tag not in filled:
+            continue
+        cells, labels = _ours_line(table, filled[row.tag])
+        if not any(k in headers for k in cells):
+            continue
+        ours = {**base, SOURCE_COLUMN: "ours", "model": ", ".join(labels),
+                **{headers[k]: v for k, v in cells.items() if k in headers}}
+        if "distractors" in cells:
+            ours["distractors"] = cells["distractors"]
+        lines.append(ours)
+        diff = {k: cells[k] - row.values[k] for k in cells if k in row.values and k in headers}
+        if diff:
+            lines.append({**base, SOURCE_COLUMN: "diff", "model": "",
+                          **{headers[k]: v for k, v in diff.items()}})
+    order = ["row", SOURCE_COLUMN, "model", *table.text_columns, *headers.values()]
+    df = pd.DataFrame(lines)
+    if "distractors" in df.columns:
+        order.append("distractors")
+        df["distractors"] = df["distractors"].astype("Int64")
+    return df.reindex(columns=order)
+
+
+def column_decimals(number: int) -> dict[str, int]:
+    """Printed digits per value header of Table ``number`` (as the paper prints them)."""
+    return {c.header: c.decimals for c in paper_reference().table(number).columns}

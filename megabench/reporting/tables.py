@@ -7,22 +7,13 @@ Accuracies in the files are fractions in [0, 1]; the tables print percent, as th
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from megabench.reporting.matching import result_label
 
-def model_label(result: dict[str, Any]) -> str:
-    """The model's registered name, else the feature store's file stem, else ``"?"``."""
-    name = (result.get("model") or {}).get("name")
-    if name:
-        return str(name)
-    inputs = result.get("input") or {}
-    features = inputs.get("features") or inputs.get("probes")
-    if isinstance(features, dict):
-        features = features.get("path")
-    return Path(features).stem if features else "?"
+model_label = result_label  # one labelling rule for tables and figures
 
 
 def _pct(x: Any) -> float:

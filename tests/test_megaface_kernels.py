@@ -310,3 +310,18 @@ def test_torch_kernel_on_cuda_equals_cpu():
     for S, c, nz in blocks:
         gpu.update(torch.from_numpy(np.ascontiguousarray(S)).cuda(), c, nz)
     assert_same_state(cpu, gpu)
+
+
+def test_numpy_backend_scores_equal_torch_on_exact_data():
+    from megabench.errors import DataError
+    from megabench.metrics.search import make_backend
+
+    rng = np.random.default_rng(16)
+    probes, x = _pm(rng, 9), _pm(rng, 70)  # every dot product a multiple of 1/16: exact in any blocking
+    a = make_backend("torch", probes).scores(torch.from_numpy(x))
+    b = make_backend("numpy", probes).scores(torch.from_numpy(x))
+    assert b.dtype == torch.float32 and b.shape == (70, 9)
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    np.testing.assert_array_equal(b.numpy(), (x.astype(np.float64) @ probes.T.astype(np.float64)).astype(np.float32))
+    with pytest.raises(DataError, match="CPU only"):
+        make_backend("numpy", probes, "cuda")

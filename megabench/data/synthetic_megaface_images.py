@@ -34,8 +34,13 @@ Render = Callable[..., np.ndarray]
 
 
 def _default_render() -> Render:
-    from megabench.data.synthetic_faces import render_face
+    try:
+        from megabench.data.synthetic_faces import render_face
+    except ImportError:
+        from megabench.errors import MegabenchError
 
+        raise MegabenchError("synth megaface --images renders faces with megabench.data.synthetic_faces, which this "
+                             "installation lacks; update megabench (it comes with `megabench synth faces`)") from None
     return render_face
 
 

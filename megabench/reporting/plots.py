@@ -80,7 +80,7 @@ def megaface_cmc_roc(results: list[dict[str, Any]], out: str | os.PathLike) -> P
                title="(a) CMC, MegaFace Challenge 1")
     ax_roc.set(xscale="log", xlim=(1e-6, 1), xlabel="false accept rate", ylabel="true accept rate (%)",
                title="(b) ROC, MegaFace Challenge 1")
-    ax_roc.legend(loc="lower right")
+    ax_roc.legend(loc="best")
     return _save(fig, out)
 
 
@@ -108,7 +108,7 @@ def megaface_vs_distractors(results: list[dict[str, Any]], out: str | os.PathLik
     ylabel = "rank-1 identification (%)" if metric == "rank1" else f"TAR at FAR={float(far):g} (%)"
     ax.set(xscale="log", xlim=(8, 1.25e6), xlabel="number of distractors", ylabel=ylabel,
            title=("identification" if metric == "rank1" else "verification") + " vs distractors")
-    ax.legend(loc="lower left")
+    ax.legend(loc="best")
     return _save(fig, out)
 
 
@@ -206,7 +206,7 @@ def verification_bars(results: list[dict[str, Any]], out: str | os.PathLike) -> 
     ax.set_xticks(range(len(datasets)), datasets)
     ax.set(ylabel="verification accuracy (%)", title="10-fold accuracy (error bars: fold std)",
            ylim=(max(0.0, min(lows, default=50) - 5), 100.5))
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     return _save(fig, out)
 
 
@@ -226,5 +226,5 @@ def verification_roc(results: list[dict[str, Any]], out: str | os.PathLike) -> P
             ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], color=colors[result_label(r)],
                     label=result_label(r), linewidth=1.2)
         ax.set(xscale="log", xlabel="false accept rate", ylabel="true accept rate (%)", title=d)
-        ax.legend(loc="lower right")
+        ax.legend(loc="best")
     return _save(fig, out)

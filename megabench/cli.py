@@ -34,6 +34,9 @@ COMMANDS: dict[str, str] = {
     "visualize": "megabench.commands.visualize:visualize",
     "import-weights": "megabench.commands.import_weights:import_weights",
     "demo": "megabench.commands.demo:demo",
+    "train": "megabench.commands.train:train",
+    "train-baselines": "megabench.commands.train:train_baselines",
+    "data": "megabench.commands.data:data",
 }
 
 

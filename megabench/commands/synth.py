@@ -9,6 +9,7 @@ from megabench.cli import LazyGroup
 SYNTH_COMMANDS = {
     "verification": "megabench.commands.verify:synth_verification",
     "megaface": "megabench.commands.megaface:synth_megaface",
+    "faces": "megabench.commands.data:synth_faces",
 }
 
 

@@ -39,6 +39,8 @@ spec = load_spec("megaface_c1", kind="megaface")
 kw = dict(probe_list=args["probe_list"], distractor_lists=args["lists"], sizes=args["sizes"],
           facescrub_noises=args["fs"], megaface_noises=args["mf"], block_rows=args["block_rows"],
           refine=args["refine"], progress=False)
+if "prefetch" in getattr(mfe.MegafaceOptions, "__dataclass_fields__", {}):  # --prefetch off: the serial reads
+    kw["prefetch"] = args["prefetch"]
 t = time.perf_counter()
 if hasattr(mfe, "MegafaceOptions"):  # run_megaface(spec, options)
     opts = mfe.MegafaceOptions(probes=args["probes"], distractors=args["distractors"], **kw)
@@ -55,8 +57,9 @@ print(json.dumps({"wall": wall, "timings": res["timings"], "peak_rss_mb": peak, 
 
 
 def run_engine(folder: Path, sizes: list[int], block_rows: int, refine: str = "insightface",
-               kernel: str = "auto") -> dict:
-    args = {"kernel": kernel, "probes": str(folder / "facescrub.h5"), "distractors": str(folder / "megaface.h5"),
+               kernel: str = "auto", prefetch: bool = True) -> dict:
+    args = {"kernel": kernel, "prefetch": prefetch, "probes": str(folder / "facescrub.h5"),
+            "distractors": str(folder / "megaface.h5"),
             "probe_list": str(folder / "facescrub_features_list.json"), "lists": str(folder / "lists"),
             "sizes": sizes, "fs": str(folder / "facescrub_noises.txt"), "mf": str(folder / "megaface_noises.txt"),
             "block_rows": block_rows, "refine": refine}
@@ -164,6 +167,8 @@ def main() -> None:
     ap.add_argument("--skip-dense", action="store_true")
     ap.add_argument("--only-dense", action="store_true", help="only the dense-evaluator comparison")
     ap.add_argument("--kernel", default="auto", choices=["auto", "fused", "torch"], help="the engine's block kernel")
+    ap.add_argument("--prefetch", default="on", choices=["on", "off"],
+                    help="the engine reads the next block in a worker thread (off: serial, as before issue 11)")
     ap.add_argument("--breakdown-blocks", type=int, default=6, help="blocks timed in the per-block breakdown")
     a = ap.parse_args()
 
@@ -212,7 +217,7 @@ def bench_floor(a, folder: Path) -> None:
     x = load_normalised(folder / "megaface.h5")
     gemm = [bare_gemm(pr.features, x, a.block_rows)]  # floor before and after: the machine may be shared
     gemm_np = [bare_gemm_numpy(pr.features, x, a.block_rows)]
-    eng = run_engine(folder, sizes, a.block_rows, kernel=a.kernel)
+    eng = run_engine(folder, sizes, a.block_rows, kernel=a.kernel, prefetch=a.prefetch == "on")
     for _ in range(max(1, a.repeats - 1)):
         gemm.append(bare_gemm(pr.features, x, a.block_rows))
         gemm_np.append(bare_gemm_numpy(pr.features, x, a.block_rows))
@@ -220,7 +225,7 @@ def bench_floor(a, folder: Path) -> None:
     best = min(floor, floor_np)
     load = os.getloadavg()
     print(f"== {len(pr.paths)} probes x {a.distractors:,} distractors x {a.dim} (block {a.block_rows}, "
-          f"kernel {a.kernel}) ==")
+          f"kernel {a.kernel}, prefetch {a.prefetch}) ==")
     print(f"machine load average (1, 5, 15 min): {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs")
     print(f"bare blocked GEMM      : median {floor:.1f}s of {[round(g, 1) for g in gemm]} (torch, as the engine)")
     print(f"numpy blocked GEMM     : median {floor_np:.1f}s of {[round(g, 1) for g in gemm_np]}")

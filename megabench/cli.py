@@ -67,13 +67,27 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MegabenchError as exc:  # UnknownNameError (a registry miss) included
-            click.secho(f"error: {exc}", fg="red", err=True)
-            ctx.exit(1)
+            _report_known(ctx, exc, str(exc))
+
+
+def _report_known(ctx: click.Context, exc: BaseException, message: str) -> None:
+    """One ``error:`` line (newlines folded) and exit 1; with ``megabench --debug`` the traceback first.
+
+    Only known error classes come here: anything else keeps its traceback (a bug to fix, not to hide).
+    """
+    root = ctx.find_root()
+    if root.params.get("debug") or (root.obj or {}).get("debug"):
+        import traceback
+
+        click.echo("".join(traceback.format_exception(exc)), err=True, nl=False)
+    click.secho(f"error: {' '.join(message.split())}", fg="red", err=True)
+    ctx.exit(1)
 
 
 @click.group(cls=LazyGroup.with_evaluations, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="megabench")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of known errors too (for bug reports).")
+def cli(debug: bool) -> None:
     """megabench: exact face-recognition benchmarks and the SRANet model zoo."""
 
 

@@ -69,6 +69,10 @@ def load_toml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str
         raise ConfigError(f"{p}: no such spec file; check the path or `megabench ls protocols`") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML ({exc}); fix the syntax at the position given") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}); TOML files must be saved as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the spec file ({exc.strerror})") from None
     base = data.pop("base", None)
     if base is None:
         return data
@@ -238,7 +242,10 @@ def load_spec(name_or_path: str | os.PathLike, folder: str = "protocols", kind: 
         raise ConfigError(f"{path}: missing `kind` (one of {sorted(spec_kinds())})")
     if kind is not None and file_kind != kind:
         raise ConfigError(f"{path}: is a {file_kind!r} spec, expected {kind!r}")
-    cls = spec_class(file_kind)
+    try:
+        cls = spec_class(file_kind)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     names = {f.name for f in dataclasses.fields(cls)}
     extra = {}
     if "source" in names:

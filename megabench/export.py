@@ -9,6 +9,7 @@ megabench[onnx]``).
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import warnings
@@ -22,8 +23,6 @@ from megabench.models.registry import FaceModel
 
 
 def _require(module: str):
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -32,9 +31,39 @@ def _require(module: str):
         ) from None
 
 
+MIN_OPSET = 14
+
+
+def max_opset() -> int:
+    """The highest opset torch's TorchScript exporter (the one used here) can write."""
+    from torch.onnx import _constants
+
+    return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(_constants, "ONNX_MAX_OPSET", 17)))
+
+
+def check_opset(opset: int) -> int:
+    """``opset`` if this torch can export it, else :class:`MegabenchError` naming the allowed range."""
+    hi = max_opset()
+    if not MIN_OPSET <= opset <= hi:
+        raise MegabenchError(f"--opset {opset}: torch {torch.__version__} exports opsets {MIN_OPSET}..{hi}; "
+                             f"choose one in that range")
+    return opset
+
+
+def is_megabench_onnx(path: str | os.PathLike) -> bool:
+    """True when ``path`` is an ONNX model carrying megabench's metadata (a re-export may replace it)."""
+    try:
+        onnx = importlib.import_module("onnx")
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX, or onnx missing: treat as someone else's file  # noqa: BLE001
+        return False
+    return any(p.key == "megabench.model" for p in proto.metadata_props)
+
+
 def export_onnx(model: FaceModel, path: str | os.PathLike, *, opset: int = 17,
                 weights_sha256: str | None = None) -> Path:
     """Write ``model`` (eval mode, CPU) to ``path`` as ONNX with a dynamic batch axis; atomic."""
+    check_opset(opset)
     onnx = _require("onnx")
     model = model.cpu().eval()
     h, w = model.preprocessing.input_size

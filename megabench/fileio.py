@@ -273,12 +273,15 @@ class RunFiles:
         return True
 
 
-def resolve_inside(root: PathLike, relpath: PathLike, *, source: str) -> Path:
-    """``root / relpath`` with symlinks resolved; refused unless it lies inside ``root`` (resolved).
+def resolve_inside(root: PathLike, relpath: PathLike, *, source: str, follow_links: bool = True) -> Path:
+    """``root / relpath`` made absolute; refused unless it lies inside ``root``.
 
     ``relpath`` comes from a data file (store ``paths``, pair list, devkit list, image tree);
     ``source`` names that file (and entry) for the message. An absolute ``relpath`` is accepted only
-    when it resolves inside ``root``; ``..`` may be used only while staying inside. Raises
+    when it lies inside ``root``; ``..`` may be used only while staying inside. With
+    ``follow_links`` (the default, required for anything written) symlinks are resolved first, so a
+    link inside ``root`` pointing out is refused too; ``follow_links=False`` checks the path as
+    written (``..`` collapsed), for reading trees of symlinked images. Raises
     :class:`~megabench.errors.DataError` for an empty path, a NUL byte, or a path leaving ``root``.
     """
     text = os.fspath(relpath)
@@ -288,7 +291,7 @@ def resolve_inside(root: PathLike, relpath: PathLike, *, source: str) -> Path:
         raise DataError(f"{source}: empty or NUL-containing path {text!r}; every entry must name a file "
                         f"inside {root}")
     base = Path(root).resolve()
-    full = (base / text).resolve()
+    full = (base / text).resolve() if follow_links else Path(os.path.normpath(base / text))
     if full != base and base not in full.parents:
         raise DataError(f"{source}: path {text!r} resolves outside its root {base} (to {full}); refused: "
                         "entries must be relative paths inside the root")

@@ -29,6 +29,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from megabench import __version__
 from megabench.errors import DataError
 from megabench.fileio import atomic_write_json
@@ -104,11 +106,64 @@ def new_result(kind: str, *, device: str | None = None, **sections: Any) -> dict
     return result
 
 
-def validate_result(result: dict[str, Any], *, source: str = "result") -> dict[str, Any]:
-    """Check schema version and required keys; returns ``result`` or raises :class:`DataError`."""
+#: per kind, dotted fields that readers (tables, figures) rely on -> accepted types (None: may be null)
+_NUMBER = (int, float, np.number)
+REQUIRED_FIELDS: dict[str, dict[str, tuple]] = {
+    "verification": {"model": (dict,), "protocol": (dict,), "protocol.name": (str,), "input": (dict,),
+                     "metrics": (dict,), "metrics.accuracy": (*_NUMBER, type(None)), "folds": (list,)},
+    "megaface": {"model": (dict,), "protocol": (dict,), "input": (dict,), "variants": (dict,)},
+    "profile": {"model": (str, dict), "params": (int, np.integer), "size_mb": _NUMBER, "flops": (*_NUMBER, type(None)),
+                "latency_ms": (dict,), "train_peak_mem_mb": (*_NUMBER, type(None)), "device": (str,)},
+}
+
+
+def _field(result: dict[str, Any], dotted: str) -> tuple[bool, Any]:
+    node: Any = result
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _check_fields(result: dict[str, Any], source: str) -> None:
+    for dotted, types in REQUIRED_FIELDS.get(result["kind"], {}).items():
+        found, value = _field(result, dotted)
+        if not found:
+            raise DataError(f"{source}: {result['kind']} result lacks `{dotted}`; the file is incomplete or was "
+                            "edited: re-run the evaluation")
+        if not isinstance(value, types) or isinstance(value, bool):
+            names = "/".join("null" if t is type(None) else t.__name__ for t in types)
+            raise DataError(f"{source}: `{dotted}` is {type(value).__name__} {str(value)[:40]!r}, expected {names}")
+    if result["kind"] == "megaface":
+        _check_megaface_variants(result["variants"], source)
+
+
+def _check_megaface_variants(variants: dict[str, Any], source: str) -> None:
+    for name, variant in variants.items():
+        sizes = variant.get("sizes") if isinstance(variant, dict) else None
+        if not isinstance(sizes, dict) or not sizes:
+            raise DataError(f"{source}: megaface variant {name!r} lacks `sizes`; re-run the evaluation")
+        for size, entry in sizes.items():
+            ok = (str(size).isdigit() and isinstance(entry, dict) and "rank1" in entry
+                  and isinstance(entry.get("verification"), dict)
+                  and isinstance(entry["verification"].get("tar_at_far"), dict))
+            if not ok:
+                raise DataError(f"{source}: megaface variants.{name}.sizes[{size!r}] lacks rank1 / "
+                                "verification.tar_at_far; re-run the evaluation")
+
+
+def validate_result(result: Any, *, source: str = "result") -> dict[str, Any]:
+    """Check schema version, required keys and the fields readers use; returns ``result`` or raises
+    :class:`DataError` naming ``source``."""
+    if not isinstance(result, dict):
+        what = "null" if result is None else f"a JSON {type(result).__name__}"
+        raise DataError(f"{source}: not a megabench result (the file holds {what}, not an object)")
     missing = [k for k in COMMON_KEYS if k not in result]
     if missing:
         raise DataError(f"{source}: not a megabench result (missing {missing})")
+    if not isinstance(result["kind"], str):
+        raise DataError(f"{source}: `kind` is {result['kind']!r}, expected a string such as 'verification'")
     major = str(result["schema_version"]).split(".")[0]
     if major != SCHEMA_VERSION.split(".")[0]:
         raise DataError(
@@ -143,6 +198,12 @@ def read_result(path: str | os.PathLike) -> dict[str, Any]:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"{path}: no such result file") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); not a megabench result") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not JSON ({exc}); was it written by megabench?") from None
-    return validate_result(data, source=str(path))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the result file ({exc.strerror})") from None
+    result = validate_result(data, source=str(path))
+    _check_fields(result, str(path))  # the fields tables and figures read: a file, not a dict being built
+    return result

@@ -174,3 +174,71 @@ def test_numpy_bool_issame_accepted(tmp_path):
     pickle.dump((enc, np.array([True])), buf, protocol=2)
     (tmp_path / "nb.bin").write_bytes(buf.getvalue())
     assert read_bin(tmp_path / "nb.bin").issame.tolist() == [True]
+
+
+# ---------------------------------------------------------------------------------------------- memory bounds
+def _bomb(claim: int, refs: int, *, via: str = "ndarray") -> bytes:
+    """Hand-built pickle: one uninitialised array of ``claim`` bytes, referenced ``refs`` times via the memo."""
+    import struct
+
+    def text(s: str) -> bytes:
+        return b"X" + struct.pack("<I", len(s)) + s.encode()
+
+    dtype = b"cnumpy\ndtype\n" + text("u1") + b"\x85R"
+    shape = b"\x8a\x08" + struct.pack("<q", claim) + b"\x85"
+    if via == "ndarray":  # numpy.ndarray((claim,), uint8)
+        array = b"cnumpy\nndarray\n" + shape + dtype + b"\x86R"
+    else:  # numpy.core.multiarray._reconstruct(ndarray, (claim,), b'b')
+        array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + shape + b"C\x01b" + b"\x87R")
+    bins = b"](" + b"h\x00" * refs + b"e"
+    issame = b"](" + b"\x88" * (refs // 2) + b"e"
+    return b"\x80\x02" + array + b"q\x000" + bins + issame + b"\x86."
+
+
+@pytest.mark.parametrize("via", ["ndarray", "reconstruct"])
+def test_array_claims_beyond_the_file_are_refused_before_allocating(via):
+    data = _bomb(1 << 40, 2, via=via)  # 1 TiB: allocating it would fail or swap
+    with pytest.raises(UnsafePickleError, match=r"b.bin: the pickle asks for 1,099,511,627,776 bytes.*refused"):
+        safe_loads(data, source="b.bin")
+    # the same pickle with a small, honest claim passes the budget (then fails as a pack: memo reuse)
+    obj = safe_loads(_bomb(64, 2, via=via), source="b.bin")
+    assert obj[0][0] is obj[0][1] and obj[0][0].nbytes == 64
+
+
+def test_memo_reference_reused_as_an_image_is_refused(tmp_path):
+    img = encode_image(_images(1)[0])
+    (tmp_path / "memo.bin").write_bytes(pickle.dumps(([img, img], [True]), protocol=4))
+    with pytest.raises(DataError, match=r"memo.bin: image 1 is the same pickled object as image 0"):
+        read_bin(tmp_path / "memo.bin")
+    # equal content in distinct objects is a legitimate pack (two identical photos)
+    (tmp_path / "equal.bin").write_bytes(pickle.dumps(([img, bytes(bytearray(img))], [True]), protocol=4))
+    assert read_bin(tmp_path / "equal.bin").n_pairs == 1
+
+
+def test_object_dtype_refusal_names_the_file(tmp_path):
+    arr = np.array([b"x", None], dtype=object)
+    (tmp_path / "obj.bin").write_bytes(pickle.dumps(([arr, arr.copy()], [True]), protocol=2))
+    with pytest.raises(UnsafePickleError, match=r"obj.bin: pickle asks for an object dtype"):
+        read_bin(tmp_path / "obj.bin")
+
+
+def test_147_byte_bomb_stays_bounded_in_memory(tmp_path):
+    """issue 9: a ~100-byte pack whose allow-listed ndarray claims 1 GiB, referenced 16 times (16 GiB if
+    copied). Under a 1 GiB address-space limit the reader refuses it with a one-line DataError; before the
+    fix it died with MemoryError (and without a limit drove RSS past 6 GB)."""
+    import subprocess
+    import sys
+
+    pack = tmp_path / "bomb.bin"
+    pack.write_bytes(_bomb(1 << 30, 16))
+    assert pack.stat().st_size < 150
+    code = ("import resource, sys; lim = 1 << 30; resource.setrlimit(resource.RLIMIT_AS, (lim, lim)); "
+            "from megabench.data.bin_format import read_bin; from megabench.errors import DataError\n"
+            "try:\n    read_bin(sys.argv[1])\nexcept DataError as exc:\n    print('refused:', exc)\n"
+            "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0].split()[1]\n"
+            "print('maxrss_kb', hwm)")  # VmHWM: peak RSS of this process image (ru_maxrss survives fork)
+    proc = subprocess.run([sys.executable, "-c", code, str(pack)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "refused:" in proc.stdout and "bomb.bin" in proc.stdout and "Traceback" not in proc.stderr
+    rss_kb = int(proc.stdout.split("maxrss_kb")[1])
+    assert rss_kb < 300_000, rss_kb  # nothing near 1 GiB was touched

@@ -325,7 +325,7 @@ def test_out_checked_before_the_pass(world, tmp_path, monkeypatch):
 
     w, src = world
     calls = []
-    monkeypatch.setattr(m, "score_block", lambda *a: calls.append(a))
+    monkeypatch.setattr(m, "read_block", lambda *a: calls.append(a))
     (tmp_path / "ro").mkdir()
     (tmp_path / "ro").chmod(0o555)
     try:

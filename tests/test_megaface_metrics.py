@@ -98,12 +98,12 @@ def test_tar_at_far_brute_force_with_ties(far):
     r = tar_at_far(_summary(imp), gen, far)
     k = max(1, math.ceil(far * imp.size - 1e-9))
     tau = np.sort(imp)[::-1][k - 1]
-    assert r["exact"] and r["k"] == k
-    assert r["threshold"] == tau
-    assert r["tar"] == np.mean(gen > tau)
-    assert r["far"] == np.sum(imp > tau) / imp.size
-    assert r["far"] <= far
-    assert (r["n_impostors"], r["n_genuine"]) == (imp.size, gen.size)
+    assert r.exact and r.k == k
+    assert r.threshold == tau
+    assert r.tar == np.mean(gen > tau)
+    assert r.far == np.sum(imp > tau) / imp.size
+    assert r.far <= far
+    assert (r.n_impostors, r.n_genuine) == (imp.size, gen.size)
 
 
 def test_tar_at_far_histogram_resolved_brackets_the_exact_threshold():
@@ -114,11 +114,11 @@ def test_tar_at_far_histogram_resolved_brackets_the_exact_threshold():
     for far in (1e-2, 0.1, 0.5):
         r = tar_at_far(s, gen, far)
         tau = np.sort(imp)[::-1][kth_count(far, imp.size) - 1]
-        assert not r["exact"]
-        assert r["threshold"] <= tau < r["threshold"] + HS.width
-        assert r["far"] >= far and r["far"] == np.sum(imp >= np.float32(r["threshold"])) / imp.size
-        assert r["tar"] == np.mean(gen >= np.float32(r["threshold"]))
-    assert tar_at_far(s, gen, 1e-3)["exact"]  # k = 50 <= 100 kept
+        assert not r.exact
+        assert r.threshold <= tau < r.threshold + HS.width
+        assert r.far >= far and r.far == np.sum(imp >= np.float32(r.threshold)) / imp.size
+        assert r.tar == np.mean(gen >= np.float32(r.threshold))
+    assert tar_at_far(s, gen, 1e-3).exact  # k = 50 <= 100 kept
 
 
 def test_masked_impostors_count_in_n_but_never_accept():
@@ -126,9 +126,9 @@ def test_masked_impostors_count_in_n_but_never_accept():
     s = ImpostorSummary(-np.sort(-imp), 10, _summary(imp).hist, HS.lo, HS.width)  # 7 masked (-inf) impostors
     gen = np.array([0.0, 0.3, 0.6], np.float32)
     r = tar_at_far(s, gen, 0.5)  # k = 5 > 3 finite: tau = -inf
-    assert r["threshold"] == -np.inf and r["tar"] == 1.0 and r["far"] == 0.3 and r["exact"]
+    assert r.threshold == -np.inf and r.tar == 1.0 and r.far == 0.3 and r.exact
     r = tar_at_far(s, gen, 0.1)  # k = 1: tau = 0.5
-    assert r["threshold"] == np.float32(0.5) and r["tar"] == pytest.approx(1 / 3) and r["far"] == 0.0
+    assert r.threshold == np.float32(0.5) and r.tar == pytest.approx(1 / 3) and r.far == 0.0
 
 
 def test_sklearn_roc_curve_oracle():
@@ -147,9 +147,9 @@ def test_sklearn_roc_curve_oracle():
     for far in (1e-3, 0.01, 0.1, 0.3):
         i = int(np.flatnonzero(fpr > far)[0])
         r = devkit_reading(s, gen, far)
-        assert (r["far"], r["tar"], r["threshold"]) == (fpr[i], tpr[i], np.float32(thr[i]))
+        assert (r.far, r.tar, r.threshold) == (fpr[i], tpr[i], np.float32(thr[i]))
     # every exact ROC point lies on sklearn's curve read with '>' (one step right of the >= point)
     roc = roc_curve_points(s, gen)
-    assert roc["fpr"] == sorted(roc["fpr"]) and all(roc["exact"])
-    for f, tp, t in zip(roc["fpr"], roc["tpr"], roc["threshold"], strict=True):
+    assert roc.fpr == sorted(roc.fpr) and all(roc.exact)
+    for f, tp, t in zip(roc.fpr, roc.tpr, roc.threshold, strict=True):
         assert f == np.sum(imp > np.float32(t)) / imp.size and tp == np.mean(gen > np.float32(t))

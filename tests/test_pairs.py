@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from megabench.data.pairs import looks_like_lfw_pairs, read_lfw_pairs, read_pair_list, rows_for_keys
@@ -104,4 +103,7 @@ def test_rows_for_keys(tmp_path):
     assert rows_for_keys(pl, store, source="s.h5").tolist() == [1, 0, 1, 2]
     with pytest.raises(DataError, match=r"s.h5: no features for 1 image\(s\).*Ann_A_0003"):
         rows_for_keys(pl, store[:2], source="s.h5")
-    assert np.array_equal(rows_for_keys(pl, store + store, source="s.h5"), [1, 0, 1, 2])  # first row wins
+    with pytest.raises(DataError, match=r"s.h5: `paths` names 3 image\(s\).*more than once.*rows \[1, 4\]"):
+        rows_for_keys(pl, store + store, source="s.h5")  # never "first row wins": ambiguous
+    # a repeated path that the pair list does not use is harmless
+    assert rows_for_keys(pl, store + ["Cid_C/Cid_C_0001.jpg"] * 2, source="s.h5").tolist() == [1, 0, 1, 2]

@@ -27,17 +27,27 @@ import click
 @click.option("--no-flip", is_flag=True, help="Skip the flipped images (then verify only with --flip none).")
 @click.option("--float16", is_flag=True, help="Store features as float16.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--force", is_flag=True, help="Replace an existing --out that is not a megabench feature store.")
 def extract(model_name, checkpoint, runs, random_weights, pack_path, images, out, batch_size, workers, device, amp,
-            no_flip, float16, quiet) -> None:
+            no_flip, float16, quiet, force) -> None:
     """Embed every image of a pack or pair list (and its horizontal flip) into a feature store for `verify`.
 
     A killed extraction started again with the same arguments continues from its last saved chunk."""
+    from megabench.data.feature_store import is_feature_store
+    from megabench.engine.device import check_device
     from megabench.engine.extract_images import ExtractOptions, pair_images, run_extraction
     from megabench.engine.model_source import resolve_model
     from megabench.evaluation.verification import load_pairs
+    from megabench.fileio import check_output
 
+    def check_out(*inputs) -> None:  # before any work: never over an input, a read-only or a foreign file
+        check_output(out, inputs=[pack_path, *inputs], force=force, replaceable=is_feature_store)
+
+    check_out(checkpoint)
+    check_device(device)
     source = resolve_model(model_name, checkpoint, runs=runs, allow_random=random_weights and not checkpoint,
                            echo=click.echo)
+    check_out(source.checkpoint)  # a checkpoint found under --runs
     if source.checkpoint is None:
         click.secho(f"warning: --random-weights: {source.name} has random weights (a pipeline check, not a result)",
                     fg="yellow", err=True)

@@ -47,18 +47,27 @@ def models(show_attention: bool) -> None:
               help="Classes of the ArcFace head in the training step (CASIA-WebFace: 10575).")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Result JSON (with --model) or a folder of <model>.json (with --table).")
+@click.option("--force", is_flag=True, help="Replace existing --out files that are not megabench results.")
 def profile(model_name: str | None, table: str | None, batch: int | None, device: str, repeats: int, warmup: int,
-            memory: bool, threads: int | None, cpu_mem: str, classes: int, out: Path | None) -> None:
+            memory: bool, threads: int | None, cpu_mem: str, classes: int, out: Path | None, force: bool) -> None:
     """Latency, parameters, size, FLOPs and training memory of a model, or of a whole paper table."""
     import torch
 
+    from megabench.engine.device import check_device
     from megabench.errors import MegabenchError
+    from megabench.fileio import check_output, check_output_dir
     from megabench.profiling import compare_with_paper, format_comparison, profile_model
     from megabench.reporting.paper_tables import paper_rows
-    from megabench.results import write_result
+    from megabench.results import is_result_file, write_result
 
     if (model_name is None) == (table is None):
         raise MegabenchError("profile: give exactly one of --model NAME or --table 1|2")
+    check_device(device)
+    if out is not None and model_name is not None:
+        check_output(out, force=force, replaceable=is_result_file)
+    elif out is not None:
+        check_output_dir(out, [f"{row['model']}.json" for row in paper_rows(int(table))], force=force,
+                         replaceable=is_result_file)
     if threads:
         torch.set_num_threads(threads)
     kwargs = dict(batch=batch, device=device, repeats=repeats, warmup=warmup, memory=memory, num_classes=classes,
@@ -97,13 +106,17 @@ def profile(model_name: str | None, table: str | None, batch: int | None, device
 @click.option("--opset", default=17, show_default=True, type=click.IntRange(min=14))
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Run the exported file with onnxruntime and compare with torch.")
-def export(model_name: str | None, checkpoint: Path | None, out: Path, opset: int, check: bool) -> None:
+@click.option("--force", is_flag=True, help="Replace an existing --out that megabench did not export.")
+def export(model_name: str | None, checkpoint: Path | None, out: Path, opset: int, check: bool, force: bool) -> None:
     """Export a model to ONNX (input `images` float32 (B, 3, H, W) normalised; output `embeddings` (B, D))."""
     from megabench.errors import MegabenchError
-    from megabench.export import check_onnx, export_onnx
+    from megabench.export import check_onnx, check_opset, export_onnx, is_megabench_onnx
+    from megabench.fileio import check_output
 
     if model_name is None and checkpoint is None:
         raise MegabenchError("export: give --model NAME, --checkpoint FILE, or both")
+    check_opset(opset)
+    check_output(out, inputs=[checkpoint], force=force, replaceable=is_megabench_onnx)
     model, info, sha = _load_model(model_name, checkpoint)
     export_onnx(model, out, opset=opset, weights_sha256=sha)
     click.echo(f"wrote {out} ({info})")

@@ -20,9 +20,11 @@ def report(results: tuple[str, ...], out_dir: str, formats: str, size: str | Non
     RESULTS are result JSON files or folders holding them (searched recursively). A result fills a
     paper row by the paper tags of its training recipe, else by its model name and head, else --map.
     """
+    from megabench.fileio import check_output_dir
     from megabench.reporting.build import build_report, parse_formats, parse_mapping
     from megabench.reporting.render import to_markdown
 
+    check_output_dir(out_dir, [])  # a folder we can write, checked before reading anything
     rep = build_report(results, out_dir, formats=parse_formats(formats), size=size, mapping=parse_mapping(mapping))
     for path, reason in rep.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)

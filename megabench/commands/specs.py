@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 SPEC_FOLDERS = {"protocols": "protocols", "recipes": "baselines"}
@@ -20,19 +22,25 @@ def ls(what: str) -> None:
 
 
 @click.command("validate")
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path())
 def validate(files: tuple[str, ...]) -> None:
-    """Check spec and recipe files: TOML syntax, `base` chain, known keys and types."""
+    """Check spec and recipe files: TOML syntax, `base` chain, known keys and types.
+
+    Every file is checked and reported (`ok` or `FAIL <file>: why`); the exit code is 1 if any failed.
+    """
     from megabench.config import load_spec
-    from megabench.errors import ConfigError
+    from megabench.errors import MegabenchError
 
     failed = 0
     for f in files:
         try:
             spec = load_spec(f)
             click.echo(f"ok    {f} ({type(spec).__name__})")
-        except ConfigError as exc:
+        except MegabenchError as exc:
             failed += 1
-            click.echo(f"FAIL  {exc}", err=True)
+            msg = " ".join(str(exc).split())
+            named = str(f) in msg or str(Path(f).resolve()) in msg
+            click.echo(f"FAIL  {msg if named else f'{f}: {msg}'}", err=True)
     if failed:
+        click.echo(f"error: {failed} of {len(files)} file(s) failed validation", err=True)
         raise click.exceptions.Exit(1)

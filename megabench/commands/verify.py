@@ -88,9 +88,13 @@ def _verify_one(pairs_file: str, features: str | None, source, mo: dict, *, imag
     """Evaluate one pairs file (extracting its features first when ``source`` is a model); print and write."""
     from megabench.config import load_spec
     from megabench.evaluation.verification import evaluate, load_pairs
-    from megabench.results import write_result
+    from megabench.fileio import check_output
+    from megabench.results import is_result_file, write_result
 
     spec = load_spec(protocol or guess_protocol(pairs_file), kind="verification")
+    default_name = f"{source.name}_{spec.name}.json" if source is not None else f"{spec.name}.json"
+    out_path = check_output(out or Path(out_dir) / default_name, replaceable=is_result_file,
+                            inputs=[pairs_file, features, spec.source or None, getattr(source, "checkpoint", None)])
     pairs = load_pairs(pairs_file, images)
     if source is not None:
         from megabench.commands.model_options import extract_options
@@ -106,8 +110,7 @@ def _verify_one(pairs_file: str, features: str | None, source, mo: dict, *, imag
         click.secho(f"warning: {message}", fg="yellow", err=True)
     if source is not None:
         result["model"]["checkpoint"] = None if source.checkpoint is None else str(source.checkpoint)
-    default_name = f"{source.name}_{spec.name}.json" if source is not None else f"{spec.name}.json"
-    path = write_result(out or Path(out_dir) / default_name, result)
+    path = write_result(out_path, result)
     m = result["metrics"]
     who = f"{source.name}: " if source is not None else ""
     click.echo(f"{who}{spec.name} v{spec.version} ({result['protocol']['variant']}, flip={result['input']['flip']}, "
@@ -141,9 +144,17 @@ def summary_table(rows: list[dict]) -> str:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--name", default="synthetic", show_default=True,
               help="File stem: <out>/<name>.bin and <out>/<name>.h5 (a protocol name makes verify pick it).")
-def synth_verification(out_dir: str, n_pairs: int, dim: int, difficulty: float, seed: int, name: str) -> None:
+@click.option("--force", is_flag=True, help="Replace <name>.bin / <name>.h5 already in --out.")
+def synth_verification(out_dir: str, n_pairs: int, dim: int, difficulty: float, seed: int, name: str,
+                       force: bool) -> None:
     """A synthetic insightface .bin pack and its feature store (with flips), for `megabench verify`."""
     from megabench.data.synthetic_verification import make_synthetic_verification
+    from megabench.errors import MegabenchError
+    from megabench.fileio import check_output_dir
+
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise MegabenchError(f"--name {name!r}: give a plain file stem (no folders); files go in --out {out_dir}")
+    check_output_dir(out_dir, [f"{name}.bin", f"{name}.h5"], force=force)
 
     pack, store = make_synthetic_verification(out_dir, n_pairs=n_pairs, dim=dim, difficulty=difficulty,
                                               seed=seed, name=name)

@@ -74,14 +74,64 @@ ALLOWED_GLOBALS: dict[tuple[str, str], object] = {
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only :data:`ALLOWED_GLOBALS` (numpy arrays and plain containers)."""
+    """An unpickler that resolves only :data:`ALLOWED_GLOBALS` (numpy arrays and plain containers).
 
-    def __init__(self, file: io.BufferedIOBase, *, source: str = "pickle") -> None:
+    ``max_bytes`` bounds what the pickle may make it allocate (arrays it asks for, buffers it copies,
+    text it encodes), counted before each allocation: a pack holds its pixels, so a legitimate pack
+    never needs more than its own size. Exceeding it raises :class:`UnsafePickleError` at once.
+    """
+
+    def __init__(self, file: io.BufferedIOBase, *, source: str = "pickle", max_bytes: int | None = None) -> None:
         super().__init__(file, encoding="bytes")
         self.source = source
+        self.max_bytes = max_bytes
+        self.charged = 0
+        self._globals = dict(ALLOWED_GLOBALS)
+        guarded = self._guarded()
+        for key, target in ALLOWED_GLOBALS.items():
+            if target in guarded:
+                self._globals[key] = guarded[target]
+
+    def charge(self, n_bytes: int, what: str) -> None:
+        """Count ``n_bytes`` about to be allocated; refuse when the pack's budget is exceeded."""
+        if n_bytes < 0:
+            raise UnsafePickleError(f"{self.source}: the pickle asks for a negative size ({what}); refused")
+        self.charged += n_bytes
+        if self.max_bytes is not None and self.charged > self.max_bytes:
+            raise UnsafePickleError(
+                f"{self.source}: the pickle asks for {self.charged:,} bytes ({what}) but the file holds "
+                f"{self.max_bytes:,}; a pack never needs more memory than its size: refused before allocating")
+
+    def _guarded(self) -> dict[object, object]:
+        """Budget-checked stand-ins for the allow-listed callables that allocate."""
+        unpickler = self
+
+        class GuardedArray(np.ndarray):  # what the pickle gets for numpy.ndarray: calling it is charged
+            def __new__(cls, shape=(), dtype=float, *args, **kwargs):  # noqa: ANN001, ANN204
+                dt = _safe_dtype(dtype)
+                unpickler.charge(_nbytes(shape, dt, unpickler.source), "numpy.ndarray")
+                return np.ndarray.__new__(np.ndarray, shape, dt, *args, **kwargs)
+
+        def reconstruct(subtype: object, shape: object, dtype: object) -> np.ndarray:
+            if subtype not in (np.ndarray, GuardedArray):
+                raise UnsafePickleError(f"{unpickler.source}: _reconstruct of {subtype!r}; only numpy.ndarray")
+            dt = _safe_dtype(dtype) if not isinstance(dtype, bytes) else np.dtype(np.uint8)
+            unpickler.charge(_nbytes(shape, dt, unpickler.source), "numpy array")
+            return _RECONSTRUCT(np.ndarray, shape, dtype)
+
+        def frombuffer(buf: object, dtype: np.dtype, shape: tuple[int, ...], order: str = "C") -> np.ndarray:
+            unpickler.charge(len(buf) if isinstance(buf, (bytes, bytearray)) else 0, "array buffer")
+            return _safe_frombuffer(buf, dtype, shape, order)
+
+        def encode(text: object, encoding: str = "utf-8") -> bytes:
+            unpickler.charge(len(text) if isinstance(text, str) else 0, "encoded text")
+            return _safe_encode(text, encoding)
+
+        return {np.ndarray: GuardedArray, _RECONSTRUCT: reconstruct, _safe_frombuffer: frombuffer,
+                _safe_encode: encode}
 
     def find_class(self, module: str, name: str) -> object:
-        target = ALLOWED_GLOBALS.get((module, name))
+        target = self._globals.get((module, name))
         if target is None:
             raise UnsafePickleError(
                 f"{self.source}: the pickle asks for {module}.{name}, which an insightface pack never needs; "
@@ -94,14 +144,34 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"{self.source}: the pickle uses persistent ids; refused")
 
 
-def safe_loads(data: bytes, *, source: str = "pickle") -> object:
-    """Unpickle ``data`` with :class:`RestrictedUnpickler`; any failure is a :class:`DataError`."""
+def _nbytes(shape: object, dtype: np.dtype, source: str) -> int:
+    """Bytes of an array of ``shape`` and ``dtype``, in Python integers (no overflow)."""
+    dims = (shape,) if isinstance(shape, int) else shape
+    if not isinstance(dims, (tuple, list)) or not all(isinstance(d, (int, np.integer)) for d in dims):
+        raise UnsafePickleError(f"{source}: array shape {shape!r} is not a tuple of integers; refused")
+    n = dtype.itemsize
+    for d in dims:
+        if d < 0:
+            raise UnsafePickleError(f"{source}: negative array dimension in {shape!r}; refused")
+        n *= int(d)
+    return n
+
+
+def safe_loads(data: bytes, *, source: str = "pickle", max_bytes: int | None = None) -> object:
+    """Unpickle ``data`` with :class:`RestrictedUnpickler`; any failure is a :class:`DataError` naming ``source``.
+
+    ``max_bytes`` (default: ``len(data)`` + 1 MiB) bounds the memory the pickle may ask for.
+    """
     if data[:1] not in (b"\x80", b"(", b"]", b"}"):
         raise DataError(f"{source}: not a pickle (starts with {data[:8]!r}); expected an insightface .bin pack")
+    budget = len(data) + (1 << 20) if max_bytes is None else max_bytes
     try:
-        return RestrictedUnpickler(io.BytesIO(data), source=source).load()
-    except UnsafePickleError:
-        raise
+        return RestrictedUnpickler(io.BytesIO(data), source=source, max_bytes=budget).load()
+    except UnsafePickleError as exc:
+        msg = str(exc)
+        if msg.startswith(f"{source}:"):
+            raise
+        raise UnsafePickleError(f"{source}: {msg}") from None
     except EOFError:
         raise DataError(f"{source}: pickle ends early (truncated file?); copy or download the pack again") from None
     except Exception as exc:  # malformed pickle: UnpicklingError, ValueError, TypeError, struct errors...
@@ -174,19 +244,42 @@ class VerificationPack:
         return idx[0::2], idx[1::2]
 
 
-def _as_bytes(item: object, i: int, source: str) -> bytes:
+def _check_item(item: object, i: int, source: str) -> None:
     if isinstance(item, (bytes, bytearray)):
-        return bytes(item)
+        return
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or (item.ndim == 2 and item.shape[1] != 1) or item.ndim > 2:
             raise DataError(f"{source}: image {i} is a {item.dtype} array of shape {item.shape}; "
                             "expected encoded bytes or a 1-D uint8 array (cv2.imencode)")
-        return item.tobytes()
+        return
     raise DataError(f"{source}: image {i} is a {type(item).__name__}; expected encoded bytes or a uint8 array")
 
 
-def parse_pack(obj: object, *, source: str = "pack") -> tuple[list[bytes], np.ndarray]:
-    """Check an unpickled ``(bins, issame_list)`` object; returns (2N encoded images, (N,) bool)."""
+def _as_bytes(item: bytes | bytearray | np.ndarray) -> bytes:
+    return item.tobytes() if isinstance(item, np.ndarray) else bytes(item)
+
+
+def _check_image_sizes(bins: list | tuple, source: str, max_bytes: int | None) -> None:
+    """Each image a distinct object (no memo reference reused as another image), all of them within
+    ``max_bytes`` together: checked before any image is copied."""
+    seen: dict[int, int] = {}
+    total = 0
+    for i, b in enumerate(bins):
+        if isinstance(b, (bytes, bytearray, np.ndarray)):
+            if id(b) in seen:
+                raise DataError(f"{source}: image {i} is the same pickled object as image {seen[id(b)]} (a memo "
+                                "reference); a pack stores every image itself: refused")
+            seen[id(b)] = i
+            total += b.nbytes if isinstance(b, np.ndarray) else len(b)
+    if max_bytes is not None and total > max_bytes:
+        raise DataError(f"{source}: images claim {total:,} bytes but the file holds {max_bytes:,}; refused "
+                        "(damaged or hostile pack)")
+
+
+def parse_pack(obj: object, *, source: str = "pack", max_bytes: int | None = None) -> tuple[list[bytes], np.ndarray]:
+    """Check an unpickled ``(bins, issame_list)`` object; returns (2N encoded images, (N,) bool).
+
+    ``max_bytes``: the most the images may hold together (the file's size), checked before copying."""
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
         raise DataError(f"{source}: expected a pickled pair (bins, issame_list), got {type(obj).__name__}")
     bins, issame = obj
@@ -198,7 +291,10 @@ def parse_pack(obj: object, *, source: str = "pack") -> tuple[list[bytes], np.nd
         isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, np.integer)) and v in (0, 1)) for v in issame
     ):
         raise DataError(f"{source}: `issame_list` must be a list of booleans")
-    encoded = [_as_bytes(b, i, source) for i, b in enumerate(bins)]
+    for i, b in enumerate(bins):
+        _check_item(b, i, source)
+    _check_image_sizes(bins, source, max_bytes)
+    encoded = [_as_bytes(b) for b in bins]
     if len(encoded) != 2 * len(issame):
         raise DataError(f"{source}: {len(encoded)} images for {len(issame)} pairs; a pack has exactly 2 images "
                         "per pair (pair k = images 2k, 2k+1). The file is damaged or not a verification pack")
@@ -214,10 +310,12 @@ def read_bin(path: str | os.PathLike) -> VerificationPack:
         raise DataError(f"{p}: no such pack file") from None
     except IsADirectoryError:
         raise DataError(f"{p}: is a directory, expected an insightface .bin pack") from None
+    except PermissionError:
+        raise DataError(f"{p}: permission denied; make the pack readable") from None
     if not data:
         raise DataError(f"{p}: empty file; expected an insightface .bin pack")
     obj = safe_loads(data, source=str(p))
-    encoded, issame = parse_pack(obj, source=str(p))
+    encoded, issame = parse_pack(obj, source=str(p), max_bytes=len(data))
     return VerificationPack(encoded=encoded, issame=issame, source=str(p), sha256=sha256_bytes(data))
 
 

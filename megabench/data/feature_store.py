@@ -180,24 +180,35 @@ class FeatureStore:
         except OSError as exc:
             raise DataError(f"{self.path}: not an HDF5 feature store ({exc}); write one with "
                             "`megabench convert` or megabench.data.feature_store.write_features") from None
-        if "features" not in self._h5:
+        try:
+            self.n, self.dim = self._check_layout()
+        except BaseException:
             self._h5.close()
-            raise DataError(f"{self.path}: HDF5 file has no `features` dataset; not a megabench feature store")
-        f = self._h5["features"]
+            raise
+
+    def _check_layout(self) -> tuple[int, int]:
+        """(N, D) of ``features``; :class:`DataError` naming the file for any other layout."""
+        h5 = self._h5
+        if not isinstance(h5.get("features"), h5py.Dataset):
+            what = "has no `features` dataset" if "features" not in h5 else "has a group named `features`"
+            raise DataError(f"{self.path}: HDF5 file {what}; a megabench feature store holds an (N, D) dataset "
+                            "`features`")
+        f = h5["features"]
         if f.ndim != 2:
-            self._h5.close()
             raise DataError(f"{self.path}: `features` must be 2-D (N, D), found shape {f.shape}")
-        self.n, self.dim = (int(s) for s in f.shape)
-        if "features_flip" in self._h5 and self._h5["features_flip"].shape != f.shape:
-            shape = self._h5["features_flip"].shape
-            self._h5.close()
-            raise DataError(f"{self.path}: `features_flip` has shape {shape} but `features` has {f.shape}; "
-                            "re-extract both from the same image list")
+        if f.dtype.kind != "f":
+            raise DataError(f"{self.path}: `features` has dtype {f.dtype}; a feature store holds float32 or float16")
+        for name in ("features_flip", "paths", "ids"):
+            if name in h5 and not isinstance(h5[name], h5py.Dataset):
+                raise DataError(f"{self.path}: `{name}` is a group, expected a dataset")
+        if "features_flip" in h5 and h5["features_flip"].shape != f.shape:
+            raise DataError(f"{self.path}: `features_flip` has shape {h5['features_flip'].shape} but `features` "
+                            f"has {f.shape}; re-extract both from the same image list")
         for name in ("paths", "ids"):
-            if name in self._h5 and self._h5[name].shape[0] != self.n:
-                n_other = self._h5[name].shape[0]
-                self._h5.close()
-                raise DataError(f"{self.path}: `{name}` has {n_other} rows but `features` has {self.n}")
+            if name in h5 and (h5[name].ndim != 1 or h5[name].shape[0] != f.shape[0]):
+                raise DataError(f"{self.path}: `{name}` has shape {h5[name].shape} but `features` has "
+                                f"{f.shape[0]} rows; expected ({f.shape[0]},)")
+        return int(f.shape[0]), int(f.shape[1])
 
     # --- metadata -----------------------------------------------------------------------------
     @property
@@ -228,9 +239,19 @@ class FeatureStore:
                          preprocessing=prep, source_sha256=text("source_sha256"))
 
     def paths(self) -> list[str]:
+        """Row names (``paths``), or the row indices as strings when the store has none."""
         if "paths" not in self._h5:
             return [str(i) for i in range(self.n)]
-        return [p.decode("utf-8") if isinstance(p, bytes) else str(p) for p in self._h5["paths"][:]]
+        out = []
+        for row, p in enumerate(self._h5["paths"][:]):
+            if isinstance(p, bytes):
+                try:
+                    p = p.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise DataError(f"{self.path}: `paths` row {row} is not UTF-8 ({p[:40]!r}); write paths as "
+                                    "UTF-8 strings (h5py.string_dtype('utf-8'))") from None
+            out.append(str(p))
+        return out
 
     def ids(self) -> np.ndarray | None:
         return self._h5["ids"][:].astype(np.int64) if self.has_ids else None

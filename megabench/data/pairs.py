@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from megabench.errors import DataError
-from megabench.fileio import sha256_file
+from megabench.fileio import resolve_inside, sha256_file
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def read_lfw_pairs(
         except ValueError:
             raise DataError(f"{src}:{lineno}: expected `name n1 n2` or `name1 n1 name2 n2`, "
                             f"found {' '.join(tok)!r}") from None
-    paths = [root / k for k in keys]
+    paths = [resolve_inside(root, k, source=f"{src} (image {k})", follow_links=False) for k in keys]
     if check_files:
         _check_exist(paths, str(src))
     return PairList(tuple(keys), tuple(paths), np.asarray(issame, dtype=bool), str(src), root)
@@ -114,8 +114,9 @@ def read_pair_list(
 ) -> PairList:
     """Read a plain pair list: one ``path1 path2 label`` line per pair, label 1 (same) or 0.
 
-    Relative paths are taken relative to ``images_root`` (default: the list's folder). Blank lines
-    and ``#`` comments are skipped. Missing images raise :class:`DataError` naming them.
+    Relative paths are taken relative to ``images_root`` (default: the list's folder); every path,
+    absolute ones included, must lie inside that root (``..`` may not leave it). Blank lines and
+    ``#`` comments are skipped. Missing images raise :class:`DataError` naming them.
     """
     src = Path(path)
     root = Path(images_root).resolve() if images_root is not None else src.resolve().parent
@@ -126,13 +127,9 @@ def read_pair_list(
         if len(tok) != 3 or tok[2] not in ("0", "1"):
             raise DataError(f"{src}:{lineno}: expected `path1 path2 0|1`, found {' '.join(tok)!r}")
         for t in tok[:2]:
-            p = Path(t)
-            full = p if p.is_absolute() else root / p
+            full = resolve_inside(root, t, source=f"{src}:{lineno}", follow_links=False)
             paths.append(full)
-            try:
-                keys.append(full.relative_to(root).as_posix())
-            except ValueError:
-                keys.append(full.as_posix())
+            keys.append(full.relative_to(root).as_posix())
         issame.append(tok[2] == "1")
     if not issame:
         raise DataError(f"{src}: no pairs found; expected lines `path1 path2 0|1`")
@@ -161,6 +158,7 @@ def rows_for_keys(pairs: PairList, store_paths: list[str], *, source: str) -> np
     Missing images raise :class:`DataError` naming the first ones and the count.
     """
     index: dict[str, int] = {}
+    repeated: dict[str, list[int]] = {}
     for row, sp in enumerate(store_paths):
         norm = sp[2:] if sp.startswith("./") else sp
         p = Path(norm)
@@ -169,7 +167,15 @@ def rows_for_keys(pairs: PairList, store_paths: list[str], *, source: str) -> np
                 norm = p.resolve().relative_to(pairs.root).as_posix()
             except ValueError:
                 norm = p.as_posix()
-        index.setdefault(norm, row)
+        first = index.setdefault(norm, row)
+        if first != row:
+            repeated.setdefault(norm, [first]).append(row)
+    used_twice = [k for k in dict.fromkeys(pairs.keys) if k in repeated]
+    if used_twice:
+        k = used_twice[0]
+        raise DataError(f"{source}: `paths` names {len(used_twice)} image(s) of the pair list more than once "
+                        f"(first: {k!r} at rows {repeated[k][:5]}); which row holds its features is ambiguous: "
+                        "write each image once")
     rows = np.empty(len(pairs.keys), dtype=np.int64)
     missing: list[str] = []
     for i, k in enumerate(pairs.keys):

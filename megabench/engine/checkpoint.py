@@ -65,30 +65,107 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, extra: dict[st
     return digest
 
 
-def read_checkpoint(path: str | os.PathLike, *, verify: bool = True) -> dict[str, Any]:
-    """Read a checkpoint safely (``weights_only=True``); check its format and, if ``verify``, its sha256."""
-    p = Path(path)
+#: payload key -> (type, what it must be) checked on every read
+_PAYLOAD_TYPES: dict[str, tuple[type, str]] = {
+    "model": (str, "a registered model name"),
+    "config": (dict, "the model's builder arguments (a table)"),
+    "weights_sha256": (str, "the sha256 of the weights"),
+    "state_dict": (dict, "the model's tensors"),
+}
+
+
+def _hostile_detail(exc: Exception) -> str:
+    """What torch's safe unpickler refused, without torch's advice to retry unsafely."""
+    import re
+
+    text = " ".join(str(exc).split())
+    m = re.search(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand \w+|[\w ]*not an allowed global[^.]*)", text)
+    return m.group(1) if m else type(exc).__name__
+
+
+def _torch_load(p: Path) -> Any:
     try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
+        return torch.load(p, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise DataError(f"{p}: no such checkpoint file") from None
+    except IsADirectoryError:
+        raise DataError(f"{p}: is a folder, not a checkpoint file") from None
     except pickle.UnpicklingError as exc:
+        # never repeat torch's hint to retry with weights_only=False: this file asked to run code
         raise UnsafePickleError(
-            f"{p}: refused to load: the file needs pickled objects beyond tensors and plain data ({exc}); "
-            "only load checkpoints written by megabench or re-save the weights as a plain state dict"
+            f"{p}: refused: the file asks for objects a megabench checkpoint never holds ({_hostile_detail(exc)}); "
+            "nothing from it was executed. Do not load it elsewhere either: get the weights from a source you "
+            "trust, saved by megabench (save_checkpoint)"
         ) from None
-    except (RuntimeError, EOFError) as exc:
-        raise DataError(f"{p}: not a readable torch checkpoint ({exc}); is the file truncated?") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        first = " ".join(str(exc).split())[:200]
+        raise DataError(f"{p}: not a readable torch checkpoint ({first}); is the file truncated?") from None
+
+
+def _check_payload(payload: Any, p: Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DataError(f"{p}: not a megabench checkpoint (no format={FORMAT!r}); save it with save_checkpoint")
     if payload.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{p}: checkpoint format_version {payload.get('format_version')} is not {FORMAT_VERSION}")
+    for key, (tp, what) in _PAYLOAD_TYPES.items():
+        if key not in payload:
+            raise DataError(f"{p}: megabench checkpoint lacks `{key}` ({what}); the file is damaged or was "
+                            "edited: save it again with save_checkpoint")
+        if not isinstance(payload[key], tp):
+            raise DataError(f"{p}: checkpoint `{key}` is a {type(payload[key]).__name__}, expected {what}")
+    bad = [k for k, v in payload["state_dict"].items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    if bad:
+        raise DataError(f"{p}: `state_dict` entries {bad[:3]} are not named tensors; the file is damaged")
+    return payload
+
+
+def read_checkpoint(path: str | os.PathLike, *, verify: bool = True) -> dict[str, Any]:
+    """Read a checkpoint safely (``weights_only=True``); check its format, its keys' types and, if
+    ``verify``, its sha256. Every problem is a :class:`DataError` naming the file."""
+    p = Path(path)
+    payload = _check_payload(_torch_load(p), p)
     if verify:
         digest = weights_sha256(payload["state_dict"])
         if digest != payload["weights_sha256"]:
             raise DataError(f"{p}: weights sha256 {digest[:12]} does not match the stored "
                             f"{payload['weights_sha256'][:12]}; the file is corrupt")
     return payload
+
+
+def _first(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+
+
+def check_weights_fit(state_dict: dict[str, torch.Tensor], model: nn.Module, *, source: str,
+                      lead: str = "", advice: str = "") -> None:
+    """Raise :class:`DataError` unless ``state_dict`` has exactly ``model``'s tensor names and shapes.
+
+    The message is ``<source>: <lead>: tensors <what differs>. <advice>``."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state_dict.items()}
+    missing = sorted(want.keys() - got.keys())
+    unexpected = sorted(got.keys() - want.keys())
+    reshaped = sorted(k for k in want.keys() & got.keys() if want[k] != got[k])
+    if missing or unexpected or reshaped:
+        parts = [f"{len(missing)} missing ({_first(missing)})" if missing else "",
+                 f"{len(unexpected)} unexpected ({_first(unexpected)})" if unexpected else "",
+                 f"{len(reshaped)} of another shape ({_first(reshaped)})" if reshaped else ""]
+        name = getattr(model, "name", type(model).__name__)
+        lead = lead or f"the weights are not those of model {name!r}"
+        advice = advice or ("The checkpoint's `model`/`config` do not describe its weights (edited or damaged "
+                            "file); use the checkpoint the model was trained into")
+        raise DataError(f"{source}: {lead}: tensors {'; '.join(p for p in parts if p)}. {advice}")
+
+
+def _registered_structure(name: str, source: str) -> nn.Module:
+    """The registered model ``name`` with its own config, on the meta device (no memory, no init)."""
+    from megabench.models import create_model
+
+    try:
+        with torch.device("meta"):
+            return create_model(name)
+    except KeyError as exc:
+        raise DataError(f"{source}: {exc.args[0] if exc.args else exc}") from None
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> dict[str, Any]:
@@ -104,27 +181,35 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> dict[str, Any]
             f"{path}: checkpoint is for model {payload['model']!r}, not {want!r}; "
             f"build it with create_model({payload['model']!r})"
         )
-    try:
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[:3]
-        raise MegabenchError(
-            f"{path}: checkpoint of {payload['model']!r} (config {payload['config']}) does not fit model "
-            f"{want!r} (config {getattr(model, 'config', {})}): {' '.join(first)}"
-        ) from None
+    check_weights_fit(payload["state_dict"], model, source=str(path),
+                      lead=f"checkpoint of {payload['model']!r} (config {payload['config']}) does not fit model "
+                           f"{want!r} (config {getattr(model, 'config', {})})",
+                      advice="build the model with the checkpoint's config (model_from_checkpoint)")
+    model.load_state_dict(payload["state_dict"], strict=True)
     return payload
 
 
 def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model a checkpoint names (with its stored config) and load its weights."""
+    """Rebuild the model a checkpoint names (with its stored config) and load its weights.
+
+    The weights' tensor names must be those of the registered model (its blocks and attention
+    modules), and their shapes those of the model built with the stored config: a `model` field
+    edited to another name is refused rather than labelling the features with it.
+    """
     from megabench.models import create_model
 
     payload = read_checkpoint(path)
-    config = dict(payload["config"])
+    name = payload["model"]
+    reference = _registered_structure(name, str(path))
+    got, want = set(payload["state_dict"]), set(reference.state_dict())
+    if got != want:
+        check_weights_fit(payload["state_dict"], reference, source=str(path))
     try:
-        model = create_model(payload["model"], **config)
-    except KeyError as exc:
-        raise MegabenchError(f"{path}: {exc.args[0]}") from None
+        model = create_model(name, **payload["config"])
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{path}: checkpoint `config` does not build {name!r} ({exc}); the file was edited or "
+                        "written by another megabench version") from None
+    check_weights_fit(payload["state_dict"], model, source=str(path))
     model.load_state_dict(payload["state_dict"], strict=True)
     prep = payload.get("preprocessing")
     if isinstance(prep, dict):  # the input contract the weights were saved with (e.g. imported: /127.5)

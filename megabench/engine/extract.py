@@ -240,7 +240,7 @@ def extract_features(
     paths = list(paths) if paths is not None else [str(i) for i in range(n)]
     if len(paths) != n:
         raise ValueError(f"{len(paths)} paths for {n} images")
-    meta = meta or StoreMeta(model=getattr(model, "name", ""), preprocessing=model.preprocessing.to_dict())
+    meta = meta or StoreMeta(model=model.name, preprocessing=model.preprocessing.to_dict())
     plan = ChunkPlan(n, batch_size, chunk_rows or default_chunk_rows(batch_size), info.rank, info.world)
     if plan.chunk_rows % batch_size:
         raise ValueError(f"chunk_rows {plan.chunk_rows} must be a multiple of the batch size {batch_size}")

@@ -2,8 +2,8 @@
 
 A recipe file is only its difference from a base (``base = "_casia_r50.toml"``); the bases are
 complete recipes themselves, so every file validates alone (``megabench validate baselines/*.toml``).
-Values follow MODELS.md and the paper: SGD momentum 0.9, weight decay 5e-4, lr 0.1 divided by 10 at
-``lr_steps``, total batch 128, horizontal flip p = 0.5, (x - 127.5) / 128, 112 x 112, 512-d.
+Values follow docs/models.md ("Training recipes") and the paper: SGD momentum 0.9, weight decay 5e-4,
+lr 0.1 divided by 10 at ``lr_steps``, total batch 128, horizontal flip p = 0.5, (x - 127.5) / 128, 112 x 112, 512-d.
 """
 
 from __future__ import annotations

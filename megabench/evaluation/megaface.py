@@ -153,6 +153,7 @@ class MegafaceOptions:
     allow_singletons: bool = False
     dense_cut: float | None = None
     progress: bool = True
+    prefetch: bool = True
 
     def __post_init__(self) -> None:
         _check_choice("refine", self.refine, REFINES)
@@ -798,9 +799,13 @@ def schedule_blocks(n_rows: int, block_rows: int, rank: int = 0, world: int = 1)
     return [b for b in range(n_blocks) if b % world == rank]
 
 
-def score_block(b: int, inputs: MegafaceInputs, block_rows: int, backend, acc) -> None:
-    """Read, normalise and score the used rows (class >= 0) of distractor block ``b`` and add them to ``acc``
-    (in store order: the accumulator orders rows as its kernel needs)."""
+def read_block(b: int, inputs: MegafaceInputs, block_rows: int, backend):
+    """Read and normalise the used rows (class >= 0) of distractor block ``b``.
+
+    Returns ``(xt, cls, noisy, lo, hi)`` (``xt``: the backend's normalised ``(n_used, dim)`` block, ``cls``/
+    ``noisy``: their classes and noise flags, store rows ``lo:hi``), or None when no row of the block is used.
+    Reads only ``inputs`` and ``backend``: safe in the one prefetch thread while the caller scores another block.
+    """
     from megabench.metrics.search import normalize_block
 
     store, source = inputs.store, str(inputs.store.path)
@@ -808,18 +813,70 @@ def score_block(b: int, inputs: MegafaceInputs, block_rows: int, backend, acc) -
     cls, noisy = inputs.membership.row_class[lo:hi], inputs.noise.noisy_dist[lo:hi]
     used = np.flatnonzero(cls >= 0)
     if used.size == 0:
-        return
+        return None
     x = store.read(rows=slice(lo, hi))
     if used.size < cls.size:
         x, cls, noisy = x[used], cls[used], noisy[used]
         xt = _normalize_rows_named(backend.to_device(x), source, lo + used)
     else:
         xt = normalize_block(backend.to_device(x), source=source, first_row=lo)
+    return xt, cls, noisy, lo, hi
+
+
+def score_read(block, source: str, backend, acc) -> None:
+    """Score one :func:`read_block` result (None: nothing) and add it to ``acc`` (in store order: the
+    accumulator orders rows as its kernel needs)."""
+    if block is None:
+        return
+    xt, cls, noisy, lo, hi = block
     S = backend.scores(xt)
     try:
         acc.update(S, cls, noisy)
     except ValueError as exc:
         raise DataError(f"{source} rows {lo}:{hi}: {exc}") from None
+
+
+def score_block(b: int, inputs: MegafaceInputs, block_rows: int, backend, acc) -> None:
+    """Read, normalise and score the used rows (class >= 0) of distractor block ``b`` and add them to ``acc``."""
+    score_read(read_block(b, inputs, block_rows, backend), str(inputs.store.path), backend, acc)
+
+
+class BlockPrefetcher:
+    """``get(b)`` returns ``read(b)``; with ``prefetch`` it also starts ``read`` of the block after ``b`` in
+    ``order`` in one worker thread, so the next block's read + normalisation overlaps the caller's GEMM and
+    accumulator update (both release the GIL). At most one block is read ahead; reads run one at a time in
+    ``order`` whatever the caller does. An exception of ``read`` is raised unchanged by the ``get`` of its
+    block. Use as a context manager: leaving it cancels / waits for the read ahead."""
+
+    def __init__(self, order: list[int], read, prefetch: bool = True) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._after = dict(zip(order, order[1:], strict=False))
+        self._read = read
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="megaface-read") if prefetch else None
+        self._ahead: dict[int, Any] = {}
+
+    def get(self, b: int):
+        if self._pool is None:
+            return self._read(b)
+        future = self._ahead.pop(b, None) or self._pool.submit(self._read, b)
+        nxt = self._after.get(b)
+        if nxt is not None and nxt not in self._ahead:
+            self._ahead[nxt] = self._pool.submit(self._read, nxt)
+        return future.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            for future in self._ahead.values():
+                future.cancel()
+            self._ahead.clear()
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> BlockPrefetcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def stream_blocks(todo: list[int], process, *, done: list[int], save=None, max_blocks: int | None = None,
@@ -869,11 +926,13 @@ def stream_pass(inputs: MegafaceInputs, stack: Stack, acc, opts: MegafaceOptions
     be = make_backend(opts.backend, stack.vectors, opts.device)
     bar = tqdm(total=len(mine), initial=len(done), unit="block", desc="megaface",
                disable=not (opts.progress and info.is_main))
+    source = str(inputs.store.path)
     try:
-        stream_blocks(todo, lambda b: score_block(b, inputs, opts.block_rows, be, acc), done=done,
-                      save=(lambda d: state.save(d, acc)) if state is not None else None,
-                      max_blocks=opts.max_blocks, checkpoint_seconds=opts.checkpoint_seconds,
-                      on_block=lambda: bar.update(1), where=str(state.path) if state else "nowhere")
+        with BlockPrefetcher(todo, lambda b: read_block(b, inputs, opts.block_rows, be), opts.prefetch) as reader:
+            stream_blocks(todo, lambda b: score_read(reader.get(b), source, be, acc), done=done,
+                          save=(lambda d: state.save(d, acc)) if state is not None else None,
+                          max_blocks=opts.max_blocks, checkpoint_seconds=opts.checkpoint_seconds,
+                          on_block=lambda: bar.update(1), where=str(state.path) if state else "nowhere")
     finally:
         bar.close()
     if opts.device.startswith("cuda"):
@@ -1070,8 +1129,8 @@ def compute_variant(acc, plan, mem: Membership, spec: MegafaceSpec, ties: str, n
         uniq, cnt = np.unique(ranks, return_counts=True)
         imp = ImpostorSummary(view["top"], view["n_imp"], view["hist"], hs.lo, hs.width)
         far_key = {f: f"{f:.0e}" for f in spec.far_targets}
-        tar = {far_key[f]: tar_at_far(imp, plan.genuine_pairs, f) for f in spec.far_targets}
-        dk = {far_key[f]: devkit_reading(imp, plan.genuine_pairs, f) for f in spec.far_targets}
+        tar = {far_key[f]: tar_at_far(imp, plan.genuine_pairs, f).to_dict() for f in spec.far_targets}
+        dk = {far_key[f]: devkit_reading(imp, plan.genuine_pairs, f).to_dict() for f in spec.far_targets}
         out["sizes"][str(size)] = {
             "rank1": float(rates[0]) if ranks.size else math.nan,
             "cmc": {"ranks": ks.tolist(), "rates": rates.tolist(),
@@ -1084,7 +1143,7 @@ def compute_variant(acc, plan, mem: Membership, spec: MegafaceSpec, ties: str, n
             "verification": {"tar_at_far": tar,
                              "devkit_reading": dk,
                              "devkit_reading_note": "first ROC point with FPR > target (score >= threshold)",
-                             "roc": roc_curve_points(imp, plan.genuine_pairs),
+                             "roc": roc_curve_points(imp, plan.genuine_pairs).to_dict(),
                              "n_impostors": int(imp.n), "n_genuine": int(plan.genuine_pairs.size),
                              "topk_kept": int(imp.top.size)},
         }

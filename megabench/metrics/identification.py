@@ -1,6 +1,6 @@
 """Identification and open-set verification metrics (pure functions; MegaFace Challenge 1).
 
-Conventions (PROTOCOLS.md section 2):
+Conventions (docs/megaface.md sections 2-3):
 
 - Ranks are 0-based: the rank of a genuine trial is the number of distractors scoring ``>= g``
   (conservative ties) or ``> g`` (optimistic). ``CMC(k) = #{trials with rank < k} / n_trials``.
@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 
 import numpy as np
+
+from megabench.metrics import DegenerateMetricWarning
 
 Z95 = 1.959963984540054
 
@@ -42,7 +44,8 @@ def kth_count(f: float, n: int) -> int:
 def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion ``k / n`` (default 95%). ``n == 0`` -> NaNs."""
     if n <= 0:
-        warnings.warn("Wilson interval of an empty sample is undefined; returning NaN", stacklevel=2)
+        warnings.warn("Wilson interval of an empty sample is undefined; returning NaN", DegenerateMetricWarning,
+                      stacklevel=2)
         return (math.nan, math.nan)
     p = k / n
     z2 = z * z
@@ -59,7 +62,7 @@ def cmc_from_ranks(ranks: np.ndarray, ks: np.ndarray) -> np.ndarray:
     ranks = np.sort(np.asarray(ranks, dtype=np.int64))
     ks = np.asarray(ks, dtype=np.int64)
     if ranks.size == 0:
-        warnings.warn("CMC of zero trials is undefined; returning NaN", stacklevel=2)
+        warnings.warn("CMC of zero trials is undefined; returning NaN", DegenerateMetricWarning, stacklevel=2)
         return np.full(ks.shape, np.nan)
     return np.searchsorted(ranks, ks, side="left") / ranks.size
 
@@ -116,10 +119,58 @@ class ImpostorSummary:
         return int(self.hist[b:].sum())
 
 
-def tar_at_far(imp: ImpostorSummary, genuine_sorted: np.ndarray, far: float) -> dict:
-    """TAR at FAR ``far`` (PROTOCOLS.md section 2). ``genuine_sorted``: float32 ascending.
+@dataclass(frozen=True)
+class TarAtFar:
+    """One TAR@FAR reading. Rates are fractions in [0, 1] (NaN when undefined); ``threshold`` is a cosine
+    score; ``ci95`` the 95% Wilson interval of ``tar``; ``k`` = ceil(far * n_impostors); ``exact`` False
+    when ``threshold`` was read off the impostor histogram."""
 
-    Returns ``{tar, threshold, far, n_impostors, n_genuine, ci95, k, exact}``.
+    tar: float
+    threshold: float
+    far: float
+    n_impostors: int
+    n_genuine: int
+    ci95: list[float]
+    k: int
+    exact: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DevkitReading:
+    """The devkit-style reading (first ROC point with FPR above the target); ``note`` says why it is NaN."""
+
+    tar: float
+    threshold: float
+    far: float
+    exact: bool
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if not self.note:
+            d.pop("note")
+        return d
+
+
+@dataclass(frozen=True)
+class RocPoints:
+    """ROC points, FPR ascending (achieved FAR), with their thresholds; ``exact`` False = histogram-resolved."""
+
+    fpr: list[float] = field(default_factory=list)
+    tpr: list[float] = field(default_factory=list)
+    threshold: list[float] = field(default_factory=list)
+    exact: list[bool] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def tar_at_far(imp: ImpostorSummary, genuine_sorted: np.ndarray, far: float) -> TarAtFar:
+    """TAR at FAR ``far`` (docs/megaface.md section 3). ``genuine_sorted``: float32 ascending.
+
     """
     g = np.asarray(genuine_sorted, dtype=np.float32)
     n_gen = int(g.size)
@@ -140,12 +191,12 @@ def tar_at_far(imp: ImpostorSummary, genuine_sorted: np.ndarray, far: float) -> 
         n_acc = int(n_gen - np.searchsorted(g, tau, side="left"))
         exact = False
     tar = n_acc / n_gen if n_gen else math.nan
-    return {"tar": tar, "threshold": float(tau), "far": n_fa / imp.n if imp.n else math.nan,
-            "n_impostors": int(imp.n), "n_genuine": n_gen, "ci95": list(wilson_interval(n_acc, n_gen)),
-            "k": int(k), "exact": bool(exact)}
+    return TarAtFar(tar=tar, threshold=float(tau), far=n_fa / imp.n if imp.n else math.nan,
+                    n_impostors=int(imp.n), n_genuine=n_gen, ci95=list(wilson_interval(n_acc, n_gen)),
+                    k=int(k), exact=bool(exact))
 
 
-def devkit_reading(imp: ImpostorSummary, genuine_sorted: np.ndarray, far: float) -> dict:
+def devkit_reading(imp: ImpostorSummary, genuine_sorted: np.ndarray, far: float) -> DevkitReading:
     """The devkit-style reading: the first ROC point (thresholds descending, ``score >= t``) with FPR > far.
 
     That point's threshold is the ``(floor(far*N) + 1)``-th largest impostor ``v``;
@@ -159,28 +210,28 @@ def devkit_reading(imp: ImpostorSummary, genuine_sorted: np.ndarray, far: float)
         n_acc = int(g.size - np.searchsorted(g, v, side="left"))
         exact = True
     elif m > imp.n_finite:
-        return {"tar": math.nan, "threshold": math.nan, "far": math.nan, "exact": imp.complete,
-                "note": "no ROC point with FPR above the target"}
+        return DevkitReading(tar=math.nan, threshold=math.nan, far=math.nan, exact=imp.complete,
+                             note="no ROC point with FPR above the target")
     else:
         b = imp.hist_bin_of_kth(m)
         v = np.float32(imp.lo + b * imp.width)
         n_fa = imp.hist_count_from(b)
         n_acc = int(g.size - np.searchsorted(g, v, side="left"))
         exact = False
-    return {"tar": n_acc / g.size if g.size else math.nan, "threshold": float(v), "far": n_fa / imp.n,
-            "exact": bool(exact)}
+    return DevkitReading(tar=n_acc / g.size if g.size else math.nan, threshold=float(v), far=n_fa / imp.n,
+                         exact=bool(exact))
 
 
-def roc_curve_points(imp: ImpostorSummary, genuine_sorted: np.ndarray, per_decade: int = 10) -> dict:
+def roc_curve_points(imp: ImpostorSummary, genuine_sorted: np.ndarray, per_decade: int = 10) -> RocPoints:
     """ROC at log-spaced FPR targets from ``1/N`` to 1 (each point a :func:`tar_at_far` reading).
 
-    Returns ``{fpr, tpr, threshold, exact}`` lists (fpr = achieved FAR). Points with ``exact`` False are
+    ``fpr`` is the achieved FAR. Points with ``exact`` False are
     histogram-resolved; the others are exact (top-K tail).
     """
     if imp.n == 0:
-        return {"fpr": [], "tpr": [], "threshold": [], "exact": []}
+        return RocPoints()
     lo = math.log10(1.0 / imp.n)
     targets = np.unique(np.concatenate([np.logspace(lo, 0, max(2, int(round(-lo * per_decade))) + 1), [1.0]]))
     pts = [tar_at_far(imp, genuine_sorted, float(f)) for f in targets]
-    return {"fpr": [p["far"] for p in pts], "tpr": [p["tar"] for p in pts],
-            "threshold": [p["threshold"] for p in pts], "exact": [p["exact"] for p in pts]}
+    return RocPoints(fpr=[p.far for p in pts], tpr=[p.tar for p in pts], threshold=[p.threshold for p in pts],
+                     exact=[p.exact for p in pts])

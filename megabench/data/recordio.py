@@ -313,8 +313,10 @@ record are refused at open.
 class RecordWriter:
     """Write a ``.rec`` and its ``.idx`` atomically (both appear only when the block succeeds).
 
-    >>> with RecordWriter(out / "train.rec") as w:  # doctest: +SKIP
-    ...     w.write(1, pack_payload(0, jpeg))
+    >>> with RecordWriter("train.rec") as w:
+    ...     _ = w.write(1, pack_payload(0, b"encoded image"))
+    >>> RecordReader("train.rec").read(1) == pack_payload(0, b"encoded image")
+    True
     """
 
     def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None) -> None:

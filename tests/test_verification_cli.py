@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import write_verification_spec
 
 from megabench.cli import cli
 from megabench.data.bin_format import write_bin
@@ -21,21 +22,7 @@ N = 100
 
 
 def _spec(path: Path, n_pairs: int = N) -> Path:
-    path.write_text(f"""kind = "verification"
-name = "tiny"
-version = "0.1"
-n_pairs = {n_pairs}
-flip = "concat"
-[thresholds]
-start = 0.0
-stop = 4.0
-step = 0.01
-[val_thresholds]
-start = 0.0
-stop = 4.0
-step = 0.001
-""")
-    return path
+    return write_verification_spec(path, n_pairs)
 
 
 def _run(*args: str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 
+import pandas as pd
 import pytest
 import torch
 from helpers import run_cli
@@ -102,6 +103,26 @@ def test_result_validation_reads_the_registered_keys(kind: str) -> None:
 def test_unregistered_result_kind_needs_only_the_common_keys() -> None:
     assert required_keys("training") == ()
     validate_result(new_result("training"))
+
+
+def toy_table(results: list[dict], *, size: str | None = None) -> pd.DataFrame:
+    """A report table builder for the registration test below (``size`` is one of the report's options)."""
+    return pd.DataFrame({"n": [len(results)], "size": [size]}, index=["toy"])
+
+
+def test_a_registered_result_kind_gets_its_table_in_the_report(monkeypatch) -> None:
+    from megabench.reporting.build import _summary_tables
+
+    kind = ResultKind("toy", ("model",), table="test_registries:toy_table", table_title="Toy results")
+    monkeypatch.setitem(RESULT_KINDS._items, "toy", kind)
+    tables = _summary_tables({"toy": [{"model": "a"}, {"model": "b"}], "profile": []}, size="1000")
+    assert [t.name for t in tables] == ["toy"]  # kinds with no results get no table
+    assert tables[0].title == "Toy results"
+    assert tables[0].df.to_dict("list") == {"n": [2], "size": ["1000"]}
+
+
+def test_every_registered_table_has_a_title() -> None:
+    assert all(k.table_title for _, k in RESULT_KINDS.items() if k.table)
 
 
 # ------------------------------------------------------------------------------------------ models

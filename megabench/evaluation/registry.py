@@ -42,12 +42,15 @@ class ResultKind:
 
     ``required_keys``: top-level keys its JSON must hold besides the common ones
     (:data:`megabench.results.COMMON_KEYS`). ``table``: ``"module:function"`` of the report table builder,
-    ``builder(results: list[dict], **options) -> pandas.DataFrame`` (one row per model), or None.
+    ``builder(results: list[dict], **options) -> pandas.DataFrame`` (one row per model), or None; it takes
+    those of the report's options (e.g. ``size``) that its signature names. ``table_title`` heads that table
+    in ``megabench report``.
     """
 
     name: str
     required_keys: tuple[str, ...]
     table: str | None = None
+    table_title: str = ""
     description: str = ""
 
     def table_builder(self) -> Callable[..., Any] | None:
@@ -119,6 +122,7 @@ register_evaluation(Evaluation(
     run="megabench.evaluation.verification:run_verification",
     result=ResultKind("verification", ("model", "protocol", "input", "metrics", "folds"),
                       table="megabench.reporting.tables:verification_table",
+                      table_title="Verification accuracy (%), 10-fold mean and std",
                       description="10-fold pair verification: accuracy, VAL@FAR, ROC, AUC, EER"),
     command="megabench.commands.verify:verify",
     description="insightface-exact 10-fold pair verification (LFW, AgeDB-30, CFP-FP); docs/protocols.md",
@@ -131,6 +135,7 @@ register_evaluation(Evaluation(
     run="megabench.evaluation.megaface:run_megaface",
     result=ResultKind("megaface", ("model", "protocol", "input", "variants"),
                       table="megabench.reporting.tables:megaface_table",
+                      table_title="MegaFace Challenge 1: Id = rank-1, Ver = TAR at FAR 1e-6 (%)",
                       description="MegaFace Challenge 1 per distractor size: rank-1, CMC, TAR@FAR; raw and refined"),
     command="megabench.commands.megaface:megaface",
     description="MegaFace Challenge 1 (FaceScrub probes), raw and refined, streamed; docs/megaface.md",
@@ -139,5 +144,6 @@ register_evaluation(Evaluation(
 register_result_kind(ResultKind(
     "profile", ("model", "params", "size_mb", "flops", "latency_ms", "train_peak_mem_mb", "device"),
     table="megabench.reporting.tables:profile_table",
+    table_title="Cost: parameters, size, FLOPs, latency and training memory",
     description="a model's cost: parameters, size, FLOPs, latency, training memory (megabench profile)",
 ))

@@ -13,14 +13,16 @@ Layout of ``out``::
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from megabench.errors import DataError, MegabenchError
+from megabench.evaluation.registry import RESULT_KINDS
 from megabench.fileio import atomic_write_bytes, check_output_dir
-from megabench.reporting import plots, render, tables
+from megabench.reporting import plots, render
 from megabench.reporting.paper_tables import column_decimals, paper_table
 from megabench.reporting.reference import paper_reference
 from megabench.results import read_result
@@ -82,14 +84,17 @@ def parse_mapping(items: Sequence[str]) -> dict[str, str]:
 
 
 def _summary_tables(by_kind: dict[str, list[dict[str, Any]]], size: str | None) -> list[render.Table]:
-    builders: dict[str, tuple[str, Callable]] = {
-        "verification": ("Verification accuracy (%), 10-fold mean and std", tables.verification_table),
-        "megaface": ("MegaFace Challenge 1: Id = rank-1, Ver = TAR at FAR 1e-6 (%)",
-                     lambda rs: tables.megaface_table(rs, size=size)),
-        "profile": ("Cost: parameters, size, FLOPs, latency and training memory", tables.profile_table),
-    }
-    return [render.Table(kind, title, build(by_kind[kind]), index=True)
-            for kind, (title, build) in builders.items() if by_kind.get(kind)]
+    """One table per result kind present, built by the kind's registered builder (``RESULT_KINDS``)."""
+    options = {"size": size}
+    out = []
+    for kind, entry in RESULT_KINDS.items():
+        build = entry.table_builder()
+        if build is None or not by_kind.get(kind):
+            continue
+        accepted = inspect.signature(build).parameters
+        df = build(by_kind[kind], **{k: v for k, v in options.items() if k in accepted})
+        out.append(render.Table(kind, entry.table_title or kind, df, index=True))
+    return out
 
 
 def _paper_tables(results: list[dict[str, Any]], mapping: Mapping[str, str]) -> tuple[list[render.Table], dict]:

@@ -245,6 +245,33 @@ def test_fused_histogram_partials_flush_before_int32_overflow(monkeypatch):
     assert_same_state(f, feed("torch", plans, blocks, 2, 20))
 
 
+def test_fused_histogram_counter_wraps_spill_exactly(monkeypatch):
+    """uint8 partial counters (256) wrap many times on these blocks (scores are multiples of 1/16, so a few
+    bins take most of them); the spill must restore every count."""
+    from megabench.metrics import kernels_numba
+
+    monkeypatch.setattr(kernels_numba, "HIST_DTYPE", np.uint8)
+    rng = np.random.default_rng(15)
+    stack, plans = make_plans(rng, "keep", 0.0)
+    blocks = make_blocks(rng, stack, 3000, 2, 1500)
+    f = feed("fused", plans, blocks, 2, 20)
+    assert f._kernel.hist.dtype == np.uint8
+    hist = f.size_view("raw", np.array([0, 1]))["hist"]
+    assert hist.max() > 4 * 256  # the test really wraps
+    assert_same_state(f, feed("torch", plans, blocks, 2, 20))
+
+
+def test_fused_low_trials_skip_scores_below_every_low_genuine(monkeypatch):
+    """A high dense cut puts most genuine trials in the low tables; the skipped position-0 counts must not
+    change any rank or tie count (against the torch kernel)."""
+    rng = np.random.default_rng(16)
+    stack, plans = make_plans(rng, "keep", 0.9)
+    blocks = make_blocks(rng, stack, 300, 2, 50)
+    f = feed("fused", plans, blocks, 2, 20)
+    assert f._kernel.low_slots
+    assert_same_state(f, feed("torch", plans, blocks, 2, 20))
+
+
 def test_fused_candidate_buffer_overflow_rescans(monkeypatch):
     from megabench.metrics import kernels_numba
 

@@ -3,15 +3,19 @@
 For every score ``S[r, c]`` of a block (rows in any order, class -1 rows skipped) one compiled loop does
 all the accumulator needs from it:
 
-- the impostor histogram: one increment into a per-thread int32 partial histogram of the row's class and
+- the impostor histogram: one increment into a per-thread uint16 partial histogram of the row's class and
   the column's *variant set* (the variants holding the column, less those that mask a noisy row), binned
-  with the same float32 arithmetic as ``torch.histc``; partials are merged into the int64 state by
-  :meth:`FusedKernel.flush` (before any state read, and before an int32 count could overflow);
+  with the same float32 arithmetic as ``torch.histc``; a counter that wraps to 0 adds one to the same
+  bin of an int32 spill histogram (65536 each; its pages are touched only where a bin wraps). uint16 halves
+  the cache footprint of the scattered increments (measured: 0.022 s vs 0.037 s per 8192 x 3555 block).
+  Partials are merged into the int64 state by :meth:`FusedKernel.flush` (before any state read, and before
+  an int32 spill count could overflow);
 - candidates: scores above the row's top-K floor (the class's running K-th largest) or at/above the
   column's lowest high genuine score (rank and tie updates), written to per-thread buffers;
 - the low trials (genuine score below the dense cut): the score's position among the column's sorted low
   genuine scores (``#{g <= s}`` and ``#{g < s}``), counted per class; suffix sums give ``#{s >= g}`` and
-  ``#{s == g}`` exactly.
+  ``#{s == g}`` exactly. Position 0 (a score below every low genuine score of the column, the common case)
+  is never read by those sums, so it is not counted: one compare per score.
 
 Rows are split into one chunk per thread (``prange``), each thread writing only its own partials, so no
 update is shared. The candidates go through the accumulator's own numpy code, as with the torch kernel,
@@ -28,8 +32,10 @@ from numba import njit, prange
 
 #: per-thread candidate buffer (rows); a chunk that finds more is rescanned for its candidates only
 CAND_CAP = 1 << 16
-#: the per-thread int32 partial histograms use at most this many bytes (fewer threads beyond it)
+#: the per-thread partial histograms use at most this many bytes (fewer threads beyond it)
 HIST_BUDGET_BYTES = 1 << 30
+#: counter type of the partial histograms (any unsigned integer type: a wrap spills 2**bits into ``spill``)
+HIST_DTYPE = np.uint16
 INT32_SAFE = (1 << 31) - 1
 #: a young class's rows are pre-scanned (doubling chunks) until the pass should find fewer top candidates
 PRE_LIMIT = 1 << 15
@@ -39,23 +45,24 @@ _MODE_CODE = {"keep": 0, "neginf": 1, "zero": 2, "drop": 3}
 
 @njit(nogil=True, cache=True, inline="always")
 def _count_le_lt(g, a, b, v):
-    """(#{g[a:b] <= v}, #{g[a:b] < v}) for ascending float32 g (binary search)."""
+    """(#{g[a:b] <= v}, #{g[a:b] < v}) for ascending float32 g: binary search down to a short run, then a
+    linear count (the slots hold a few scores each)."""
     lo, hi = a, b
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if g[mid] <= v:
-            lo = mid + 1
-        else:
-            hi = mid
-    le = lo - a
-    lo, hi = a, b
-    while lo < hi:
+    while hi - lo > 8:
         mid = (lo + hi) >> 1
         if g[mid] < v:
             lo = mid + 1
         else:
             hi = mid
-    return le, lo - a
+    lt = lo - a  # every g[a:lo] < v
+    le = lt
+    for j in range(lo, b):
+        x = g[j]
+        if x > v:
+            break
+        le += 1
+        lt += x < v
+    return le, lt
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -86,17 +93,21 @@ def _row_low(S, r, cls, noisy, low_cols, low_ptr, low_mode, low_gptr, low_g, low
                     continue
                 if mode == 2:
                     v = np.float32(0.0)
-            le, lt = _count_le_lt(low_g, low_gptr[sl], low_gptr[sl + 1], v)
+            a = low_gptr[sl]
+            if v < low_g[a]:
+                continue  # position 0 for both counts: never read (module docstring)
+            le, lt = _count_le_lt(low_g, a, low_gptr[sl + 1], v)
             le_out[cls, low_base[sl] + le] += 1
             lt_out[cls, low_base[sl] + lt] += 1
 
 
 @njit(parallel=True, nogil=True, cache=True)
 def fused_block(S, row_cls, row_noisy, row_floor, t_rank, col_sig, noisy_sig, n_sig1, lo, span, nb,
-                hist, low_cols, low_ptr, low_mode, low_gptr, low_g, low_base, low_le, low_lt,
+                hist, spill, low_cols, low_ptr, low_mode, low_gptr, low_g, low_base, low_le, low_lt,
                 cand_r, cand_c, cand_v, cand_n, bad, bins):
     """One pass over ``S`` (float32, C-contiguous (B, C)); see the module docstring. Adds into ``hist``
-    (T, classes * n_sig1, bins) int32, ``low_le`` / ``low_lt`` (T, classes, n) int64; writes candidates
+    (T, classes * n_sig1, bins) unsigned (a wrap adds one to ``spill``, int32, same shape), ``low_le`` /
+    ``low_lt`` (T, classes, n) int64; writes candidates
     (row, col, value) into ``cand_*`` (T, cap) with their count per thread in ``cand_n`` (may exceed cap)
     and the number of NaN / out-of-range scores into ``bad`` (T,). ``bins``: (T, C) int64 scratch.
     """
@@ -123,7 +134,11 @@ def fused_block(S, row_cls, row_noisy, row_floor, t_rank, col_sig, noisy_sig, n_
             hbase = cls * n_sig1 - 1
             for c in range(n_cols):
                 if sig[c] != 0:
-                    hist[t, hbase + sig[c], min(b[c], last_bin)] += 1
+                    slot = hbase + sig[c]
+                    j = min(b[c], last_bin)
+                    hist[t, slot, j] += 1
+                    if hist[t, slot, j] == 0:  # wrapped
+                        spill[t, slot, j] += 1
             if hit:
                 for c in range(n_cols):
                     x = S[r, c]
@@ -159,8 +174,9 @@ def candidates(S, r0, r1, row_cls, row_floor, t_rank, out_r, out_c, out_v):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def merge_hist(hist, out, sig_of_variant, n_sig1):
-    """``out[cls] += sum over threads and over the variant sets holding variant v`` of the int32 partials."""
+def merge_hist(hist, spill, wraps, out, sig_of_variant, n_sig1):
+    """``out[cls] += sum over threads and over the variant sets holding variant v`` of the partials
+    (``hist + wraps * spill``; ``spill`` is read only when ``wraps``)."""
     n_threads, n_slots, n_bins = hist.shape
     n_classes = n_slots // n_sig1
     for j in prange(n_bins):
@@ -170,6 +186,8 @@ def merge_hist(hist, out, sig_of_variant, n_sig1):
                 if (s + 1) & sig_of_variant:
                     for t in range(n_threads):
                         acc += hist[t, cls * n_sig1 + s, j]
+                        if wraps:
+                            acc += np.int64(wraps) * spill[t, cls * n_sig1 + s, j]
             out[cls, j] += acc
 
 
@@ -196,12 +214,14 @@ class FusedKernel:
         self.lo, self.hi = np.float32(hs.lo), np.float32(hs.hi)
         self.span = np.float32(self.hi - self.lo)
         self.nb = np.float32(hs.n_bins)
-        slot_bytes = acc.n_classes * self.n_sig1 * hs.n_bins * 4
+        slot_bytes = acc.n_classes * self.n_sig1 * hs.n_bins * (np.dtype(HIST_DTYPE).itemsize + 4)
         self.n_threads = max(1, min(numba.get_num_threads(), HIST_BUDGET_BYTES // max(slot_bytes, 1)))
-        self.hist = np.zeros((self.n_threads, acc.n_classes * self.n_sig1, hs.n_bins), np.int32)
+        shape = (self.n_threads, acc.n_classes * self.n_sig1, hs.n_bins)
+        self.hist = np.zeros(shape, HIST_DTYPE)
+        self.spill = np.zeros(shape, np.int32)  # calloc'd: untouched pages cost no memory
         self.timings: dict[str, float] = {}  # seconds per step over all blocks (and the candidate count)
         self.rows_seen = np.zeros(acc.n_classes, np.int64)
-        self.pending = 0  # scores added to the partials since the last flush (bounds every int32 count)
+        self.pending = 0  # scores added to the partials since the last flush (bounds every spill count)
         self._build_low(acc)
         t = self.n_threads
         self.cand_r = np.empty((t, CAND_CAP), np.int64)
@@ -252,9 +272,9 @@ class FusedKernel:
         cand_n = np.zeros(t, np.int64)
         bad = np.zeros(t, np.int64)
         fused_block(x, row_class, row_noisy, row_floor, acc.t_rank, self.col_sig, self.noisy_sig, self.n_sig1,
-                    self.lo, self.span, self.nb, self.hist, self.low_cols, self.low_ptr, self.low_mode, self.low_gptr,
-                    self.low_g, self.low_base, self.low_le, self.low_lt, self.cand_r, self.cand_c, self.cand_v, cand_n,
-                    bad, self.bins)
+                    self.lo, self.span, self.nb, self.hist, self.spill, self.low_cols, self.low_ptr, self.low_mode,
+                    self.low_gptr, self.low_g, self.low_base, self.low_le, self.low_lt, self.cand_r, self.cand_c,
+                    self.cand_v, cand_n, bad, self.bins)
         self.pending += n_rows * n_cols
         t2 = time.perf_counter()
         if bad.sum():
@@ -361,8 +381,13 @@ class FusedKernel:
         if self.pending == 0:
             return
         t0 = time.perf_counter()
+        wraps = 1 << (8 * self.hist.itemsize)
+        spilled = self.pending >= wraps  # a bin can have wrapped only after that many increments
         for i, p in enumerate(acc.plans):
-            merge_hist(self.hist, acc._state[p.name]["hist"], 1 << i, self.n_sig1)
+            merge_hist(self.hist, self.spill, wraps if spilled else 0, acc._state[p.name]["hist"], 1 << i,
+                       self.n_sig1)
         self.hist[:] = 0
+        if spilled:
+            self.spill = np.zeros_like(self.spill)  # a fresh calloc: zeroing in place would touch every page
         self.pending = 0
         self.timings["flush"] = self.timings.get("flush", 0.0) + time.perf_counter() - t0

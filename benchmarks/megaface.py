@@ -4,8 +4,9 @@ Usage: ``python benchmarks/megaface.py [--distractors 1000000] [--dim 512] [--de
 
 1. Generates (or reuses, in megabench.config.cache_dir()) a synthetic MegaFace set: 3530 probes x N distractors.
 2. Floor: the same distractor blocks, already in memory and normalised, through ``block @ probes.T``
-   and nothing else (median of ``--repeats`` passes).
-   Also numpy's blocked GEMM (OpenBLAS); the best of the two is printed as a second floor.
+   and nothing else (median of ``--repeats`` passes), with the engine's GEMM library (``--backend``:
+   ``auto`` = numpy's OpenBLAS on the CPU, as the engine) and with the other one; the best of the two is
+   printed as a second floor.
 3. megabench: the full protocol (raw + refined, every size, ROC, ranks; reading the HDF5 store) in a
    child process, so its peak RSS is its own -> ratio to the floor, peak memory. Then a per-block
    breakdown (GEMM vs the accumulator update of each kernel) on in-memory blocks.
@@ -41,6 +42,8 @@ kw = dict(probe_list=args["probe_list"], distractor_lists=args["lists"], sizes=a
           refine=args["refine"], progress=False)
 if "prefetch" in getattr(mfe.MegafaceOptions, "__dataclass_fields__", {}):  # --prefetch off: the serial reads
     kw["prefetch"] = args["prefetch"]
+if args["backend"] != "default":
+    kw["backend"] = args["backend"]
 t = time.perf_counter()
 if hasattr(mfe, "MegafaceOptions"):  # run_megaface(spec, options)
     opts = mfe.MegafaceOptions(probes=args["probes"], distractors=args["distractors"], **kw)
@@ -52,13 +55,14 @@ wall = time.perf_counter() - t
 peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 v = res["variants"]
 sizes = {k: {name: v[name]["sizes"][k]["rank1"] for name in v} for k in v["raw"]["sizes"]}
-print(json.dumps({"wall": wall, "timings": res["timings"], "peak_rss_mb": peak, "sizes": sizes}))
+backend = res.get("input", {}).get("backend") or res.get("run", {}).get("backend") or "torch"
+print(json.dumps({"wall": wall, "timings": res["timings"], "peak_rss_mb": peak, "sizes": sizes, "backend": backend}))
 """
 
 
 def run_engine(folder: Path, sizes: list[int], block_rows: int, refine: str = "insightface",
-               kernel: str = "auto", prefetch: bool = True) -> dict:
-    args = {"kernel": kernel, "prefetch": prefetch, "probes": str(folder / "facescrub.h5"),
+               kernel: str = "auto", prefetch: bool = True, backend: str = "default") -> dict:
+    args = {"kernel": kernel, "prefetch": prefetch, "backend": backend, "probes": str(folder / "facescrub.h5"),
             "distractors": str(folder / "megaface.h5"),
             "probe_list": str(folder / "facescrub_features_list.json"), "lists": str(folder / "lists"),
             "sizes": sizes, "fs": str(folder / "facescrub_noises.txt"), "mf": str(folder / "megaface_noises.txt"),
@@ -169,6 +173,8 @@ def main() -> None:
     ap.add_argument("--kernel", default="auto", choices=["auto", "fused", "torch"], help="the engine's block kernel")
     ap.add_argument("--prefetch", default="on", choices=["on", "off"],
                     help="the engine reads the next block in a worker thread (off: serial, as before issue 11)")
+    ap.add_argument("--backend", default="auto", choices=["auto", "torch", "numpy"],
+                    help="the engine's GEMM library (auto: numpy on the CPU); the floor uses the same")
     ap.add_argument("--breakdown-blocks", type=int, default=6, help="blocks timed in the per-block breakdown")
     a = ap.parse_args()
 
@@ -215,25 +221,29 @@ def bench_floor(a, folder: Path) -> None:
     sizes = [s for s in STANDARD_SIZES if s <= a.distractors] or [a.distractors]
     pr = load_probes(folder / "facescrub.h5", folder / "facescrub_features_list.json")
     x = load_normalised(folder / "megaface.h5")
-    gemm = [bare_gemm(pr.features, x, a.block_rows)]  # floor before and after: the machine may be shared
+    gemm_t = [bare_gemm(pr.features, x, a.block_rows)]  # floors before and after: the machine may be shared
     gemm_np = [bare_gemm_numpy(pr.features, x, a.block_rows)]
-    eng = run_engine(folder, sizes, a.block_rows, kernel=a.kernel, prefetch=a.prefetch == "on")
+    eng = run_engine(folder, sizes, a.block_rows, kernel=a.kernel, prefetch=a.prefetch == "on", backend=a.backend)
     for _ in range(max(1, a.repeats - 1)):
-        gemm.append(bare_gemm(pr.features, x, a.block_rows))
+        gemm_t.append(bare_gemm(pr.features, x, a.block_rows))
         gemm_np.append(bare_gemm_numpy(pr.features, x, a.block_rows))
-    floor, floor_np = statistics.median(gemm), statistics.median(gemm_np)
-    best = min(floor, floor_np)
+    used = eng.get("backend", "torch")
+    lib = {"torch": ("torch", gemm_t), "numpy": ("numpy", gemm_np)}
+    (name, gemm), (other, gemm_o) = lib[used], lib["torch" if used == "numpy" else "numpy"]
+    floor, floor_o = statistics.median(gemm), statistics.median(gemm_o)
+    best = min(floor, floor_o)
     load = os.getloadavg()
     print(f"== {len(pr.paths)} probes x {a.distractors:,} distractors x {a.dim} (block {a.block_rows}, "
-          f"kernel {a.kernel}, prefetch {a.prefetch}) ==")
+          f"kernel {a.kernel}, prefetch {a.prefetch}, GEMM {used}) ==")
     print(f"machine load average (1, 5, 15 min): {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs")
-    print(f"bare blocked GEMM      : median {floor:.1f}s of {[round(g, 1) for g in gemm]} (torch, as the engine)")
-    print(f"numpy blocked GEMM     : median {floor_np:.1f}s of {[round(g, 1) for g in gemm_np]}")
+    print(f"bare blocked GEMM      : median {floor:.1f}s of {[round(g, 1) for g in gemm]} ({name}, as the engine)")
+    print(f"{other:>5} blocked GEMM    : median {floor_o:.1f}s of {[round(g, 1) for g in gemm_o]}")
     print(f"megabench (all sizes)  : {eng['wall']:.1f}s  (stream {eng['timings']['stream']:.1f}s, "
           f"load+hash {eng['timings']['load']:.1f}s, compute {eng['timings']['compute']:.1f}s)")
     print(f"ratio total / GEMM     : {eng['wall'] / floor:.2f}x   stream / GEMM: "
           f"{eng['timings']['stream'] / floor:.2f}x")
     print(f"ratio total / best GEMM: {eng['wall'] / best:.2f}x   (best of torch / numpy GEMM: {best:.1f}s)")
+    print(f"beyond the GEMM        : {eng['wall'] - floor:.1f}s (load+hash, accumulator, compute)")
     feat_mb = a.distractors * a.dim * 4 / 2**20
     print(f"megabench peak RSS     : {eng['peak_rss_mb']:.0f} MB (features on disk: {feat_mb:.0f} MB, streamed)")
     print(f"rank-1 raw/refined at largest size: {json.dumps(eng['sizes'][str(sizes[-1])])}")

@@ -81,7 +81,8 @@ def _write_outputs(result: dict, out: str | None, devkit_json: str | None, alg: 
 @click.option("--megaface-noises", type=click.Path(dir_okay=False), default=None)
 @click.option("--jitter-seed", type=int, default=None,
               help="Mimic insightface: add uniform +-0.001 to the identity's feature sum before normalising.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="torch")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="GEMM library of the score blocks (auto: numpy's BLAS on the CPU, torch on a GPU).")
 @click.option("--kernel", type=click.Choice(KERNELS), default="auto", show_default=True,
               help="Block kernel of the streaming accumulator (every kernel gives the same numbers).")
 @click.option("--device", default="cpu", help="cpu, cuda, cuda:1 ...")

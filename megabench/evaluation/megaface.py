@@ -38,6 +38,8 @@ from typing import Any, Literal
 import numpy as np
 
 from megabench.errors import DataError, MegabenchError
+from megabench.metrics.search import BACKENDS as SCORE_BACKENDS
+from megabench.metrics.search import auto_backend
 from megabench.metrics.streaming import KERNELS  # the accumulator's kernels: auto | fused | torch
 
 Refine = Literal["insightface", "facex", "drop", "none"]
@@ -90,7 +92,9 @@ class MegafaceSpec:
 #: choices of the CLI options (one source of truth: the CLI builds its click.Choice from these)
 REFINES: tuple[str, ...] = ("insightface", "facex", "drop", "none")
 TIES: tuple[str, ...] = ("conservative", "optimistic")
-BACKENDS: tuple[str, ...] = ("torch", "faiss")
+#: ``auto`` = :func:`megabench.metrics.search.auto_backend` (numpy on the CPU, torch elsewhere), then the registered
+#: score backends (:data:`megabench.metrics.search.BACKENDS`)
+BACKENDS: tuple[str, ...] = ("auto", *SCORE_BACKENDS.names())
 PathArg = str | os.PathLike | None
 
 
@@ -124,7 +128,9 @@ class MegafaceOptions:
     ``distractor_lists`` (folder of ``megaface_features_list.json_<size>_<set>``), noise lists (default: the
     spec's), ``state`` (resume state file; per rank ``<state>.rank<r>`` under torchrun). ``None`` for
     ``sizes``, ``seed``, ``refine``, ``ties``, ``block_rows`` means the spec's value (:meth:`resolved`).
-    ``kernel`` selects the accumulator's block kernel (``auto | fused | torch``; recorded in the result).
+    ``kernel`` selects the accumulator's block kernel (``auto | fused | torch``; recorded in the result);
+    ``backend`` the GEMM library (``auto``: numpy's BLAS on the CPU, torch on other devices; the resolved name
+    is recorded).
     ``dense_cut``: genuine scores below it are counted densely (default: :func:`auto_cut`; any value gives the
     same numbers). ``max_blocks`` stops after that many blocks with the state saved and raises
     :class:`MegabenchError` (the interruption hook of the resume tests).
@@ -142,7 +148,7 @@ class MegafaceOptions:
     facescrub_noises: PathArg = None
     megaface_noises: PathArg = None
     jitter_seed: int | None = None
-    backend: str = "torch"
+    backend: str = "auto"
     device: str = "cpu"
     kernel: str = "auto"
     block_rows: int | None = None
@@ -173,8 +179,10 @@ class MegafaceOptions:
             raise MegabenchError("--resume needs a state file (--state PATH or --out)")
 
     def resolved(self, spec: MegafaceSpec) -> MegafaceOptions:
-        """A copy with the spec's defaults filled in (refine, ties, seed, block_rows)."""
+        """A copy with the spec's defaults filled in (refine, ties, seed, block_rows) and ``backend="auto"``
+        resolved for the device."""
         return replace(self, refine=self.refine or spec.refine, ties=self.ties or spec.ties,
+                       backend=auto_backend(self.device) if self.backend == "auto" else self.backend,
                        seed=spec.seed if self.seed is None else self.seed,
                        block_rows=int(self.block_rows or spec.block_rows))
 

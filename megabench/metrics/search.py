@@ -3,7 +3,9 @@
 A backend turns a block of L2-normalised distractor vectors ``(B, D)`` float32 into the score block
 ``S = block @ probes.T`` of shape ``(B, n_probes)``: a float32 torch tensor on the backend's device.
 Backends are registered in :data:`BACKENDS` (``torch``: CPU or CUDA; ``numpy``: OpenBLAS, CPU;
-``faiss``: flat inner product, needs ``faiss-cpu``). float16 inputs are computed in float32.
+``faiss``: flat inner product, needs ``faiss-cpu``); ``auto`` picks numpy on the CPU, torch elsewhere.
+float16 inputs are computed in float32. Another GEMM library may round a score differently in its last
+bit, so compare runs made with the same backend (the result records it).
 """
 
 from __future__ import annotations
@@ -93,7 +95,16 @@ class FaissBackend(ScoreBackend):
         return torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32))
 
 
+def auto_backend(device: str = "cpu") -> str:
+    """The backend ``--backend auto`` runs on ``device``: ``numpy`` on the CPU (OpenBLAS's SGEMM: 1.6-2x torch's
+    on the machines this project is measured on, ``benchmarks/megaface.py``), ``torch`` on any other device."""
+    return "numpy" if str(device).split(":")[0] == "cpu" else "torch"
+
+
 def make_backend(name: str, probes: np.ndarray, device: str = "cpu") -> ScoreBackend:
+    """The registered backend ``name`` (or ``"auto"``: :func:`auto_backend`) holding ``probes`` on ``device``."""
+    if name == "auto":
+        name = auto_backend(device)
     return BACKENDS.get(name)(probes, device)
 
 

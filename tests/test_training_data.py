@@ -317,3 +317,11 @@ def test_built_in_formats_are_registered_with_their_readers():
 
     assert {n: DATA_FORMATS.get(n).opener() for n in ("recordio", "folder", "list")} == {
         "recordio": training.open_recordio, "folder": training.open_image_folder, "list": training.open_list_file}
+
+
+def test_a_recipe_may_name_a_registered_format(tmp_path, toy_format):
+    from megabench.config import load_spec, spec_folder
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'base = "{(spec_folder("baselines") / "_casia_r50.toml").as_posix()}"\n[data]\nformat = "toy"\n')
+    assert load_spec(recipe).data.format == "toy"

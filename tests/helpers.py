@@ -5,7 +5,11 @@ Only things more than one test file needs live here; a helper used by one file s
 
 from __future__ import annotations
 
+import os
+import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from click.testing import CliRunner, Result
 
@@ -52,3 +56,38 @@ stop = 4.0
 step = 0.001
 """)
     return path
+
+
+# ------------------------------------------------------------------------------------- 2 gloo ranks on CPU
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gloo_rank(rank: int, world: int, port: int, worker: Callable[..., None], folder: str,
+               args: tuple[Any, ...]) -> None:
+    """One spawned rank: torchrun's environment, one thread, the gloo group around ``worker``."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    import torch
+
+    torch.set_num_threads(1)
+    from megabench.engine.distributed import destroy, init_from_env
+
+    info = init_from_env("cpu")
+    try:
+        worker(info, Path(folder), *args)
+    finally:
+        destroy(info)
+
+
+def run_gloo_ranks(worker: Callable[..., None], folder: Path, *args: Any, world: int = 2) -> None:
+    """Run ``worker(info, folder, *args)`` in ``world`` spawned processes joined in one gloo group, as
+    ``torchrun --nproc-per-node world`` would on CPU (``info``: that rank's ``DistInfo``). ``worker`` must
+    be a module-level function (spawn pickles it); ranks pass results back through files in ``folder``.
+    An exception in any rank fails the call."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_gloo_rank, args=(world, _free_port(), worker, str(folder), args), nprocs=world,
+                       join=True, start_method="spawn")

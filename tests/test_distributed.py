@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import run_gloo_ranks
 
 
 def _rank_arrays(rank: int) -> dict[str, np.ndarray]:
@@ -23,27 +17,16 @@ def _rank_arrays(rank: int) -> dict[str, np.ndarray]:
     }
 
 
-def _gather_worker(rank: int, world: int, port: int, folder: str) -> None:
-    import os
+def _gather_worker(info, folder: Path) -> None:
+    from megabench.engine.distributed import all_gather_arrays
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    from megabench.engine.distributed import all_gather_arrays, destroy, init_from_env
-
-    info = init_from_env("cpu")
-    try:
-        gathered = all_gather_arrays(_rank_arrays(rank), info)
-    finally:
-        destroy(info)
+    gathered = all_gather_arrays(_rank_arrays(info.rank), info)
     flat = {f"{r}/{k}": v for r, arrays in enumerate(gathered) for k, v in arrays.items()}
-    np.savez(Path(folder) / f"rank{rank}.npz", **flat)
+    np.savez(folder / f"rank{info.rank}.npz", **flat)
 
 
 def test_all_gather_two_gloo_ranks_returns_every_rank_in_order(tmp_path):
-    import torch.multiprocessing as mp
-
-    mp.start_processes(_gather_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
-                       start_method="spawn")
+    run_gloo_ranks(_gather_worker, tmp_path)
     for rank in range(2):  # every rank receives the same list
         with np.load(tmp_path / f"rank{rank}.npz") as got:
             assert sorted(got.files) == sorted(f"{r}/{k}" for r in range(2) for k in _rank_arrays(r))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import run_gloo_ranks
 from PIL import Image
 
 from megabench.data.feature_store import open_features
@@ -142,33 +142,13 @@ def test_amp_needs_cuda(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- 2 gloo ranks
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank_worker(rank: int, world: int, port: int, folder: str) -> None:
-    import os
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    from megabench.engine.distributed import destroy, init_from_env
-
-    info = init_from_env("cpu")
-    f = Path(folder)
-    files = sorted((f / "img").rglob("*.png"))
-    try:
-        extract_features(_model(), ImageFiles(files, (112, 112)), f / "ranks.h5", batch_size=2, chunk_rows=4,
-                         progress=False, dist_info=info, echo=lambda m: None)
-    finally:
-        destroy(info)
+def _rank_worker(info, folder: Path) -> None:
+    files = sorted((folder / "img").rglob("*.png"))
+    extract_features(_model(), ImageFiles(files, (112, 112)), folder / "ranks.h5", batch_size=2, chunk_rows=4,
+                     progress=False, dist_info=info, echo=lambda m: None)
 
 
 def test_two_gloo_ranks_give_the_identical_store(tmp_path):
-    import torch.multiprocessing as mp
-
     files = sorted(_write_tree(tmp_path / "img", 11))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each rank
@@ -177,8 +157,7 @@ def test_two_gloo_ranks_give_the_identical_store(tmp_path):
                                chunk_rows=4, progress=False, echo=lambda m: None)
     finally:
         torch.set_num_threads(threads)
-    mp.start_processes(_rank_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
-                       start_method="spawn")
+    run_gloo_ranks(_rank_worker, tmp_path)
     a, b = _read(one), _read(tmp_path / "ranks.h5")
     assert np.array_equal(a["features"], b["features"]) and np.array_equal(a["flip"], b["flip"])
     assert a["paths"] == b["paths"]

@@ -31,8 +31,32 @@ def test_list_parsing(tmp_path):
 @pytest.mark.parametrize("line", ["../x.jpg\t0", "a/../../x.jpg\t0", "/etc/passwd\t0", "C:\\x.jpg\t0"])
 def test_list_paths_must_stay_inside_root(tmp_path, line):
     (tmp_path / "l.txt").write_text(line + "\n")
-    with pytest.raises(DataError, match=r"l\.txt:1: path .* (absolute|leaves the list's folder)"):
+    with pytest.raises(DataError, match=r"l\.txt:1: path .* (absolute|resolves outside its root)"):
         read_list_file(tmp_path / "l.txt")
+
+
+@pytest.mark.parametrize("rel", ["a/x.jpg", "./a/../a/x.jpg", "ABS/a/x.jpg", "../x.jpg", "a/../../x.jpg",
+                                 "/etc/passwd", "ABS/../x.jpg"])
+def test_list_files_and_pair_lists_share_one_inside_rule(tmp_path, rel):
+    """Both read paths through megabench.fileio.resolve_inside: the same entry is accepted (as the same
+    file) or refused by both; an absolute path inside the folder is accepted by both."""
+    from megabench.data.pairs import read_pair_list
+
+    root = tmp_path / "root"
+    root.mkdir()
+    rel = rel.replace("ABS", str(root.resolve()))
+    (root / "l.txt").write_text(f"{rel}\t0\n")
+    (root / "p.txt").write_text(f"{rel} {rel} 1\n")
+    outcomes = []
+    for read in (lambda: read_list_file(root / "l.txt").paths[0],
+                 lambda: read_pair_list(root / "p.txt", check_files=False).keys[0]):
+        try:
+            outcomes.append(read())
+        except DataError as exc:
+            assert "outside its root" in str(exc), exc
+            outcomes.append("refused")
+    assert outcomes[0] == outcomes[1]
+    assert (outcomes[0] == "refused") == (".." in rel.replace("a/../a", "") or rel == "/etc/passwd")
 
 
 @pytest.mark.parametrize("line", ["a.jpg\t-1", "a.jpg\tcat", "a.jpg", "\t3"])

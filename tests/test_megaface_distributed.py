@@ -3,48 +3,27 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_gloo_ranks
 from test_megaface_protocol import make_world, mf, run, spec, write_world
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, folder: str) -> None:
-    import os
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    import torch
-
-    torch.set_num_threads(1)
-    from megabench.engine.distributed import destroy, init_from_env
+def _worker(info, f: Path) -> None:
     from megabench.fileio import dumps_json
 
-    info = init_from_env("cpu")
-    f = Path(folder)
-    try:
-        res = mf(spec(block_rows=23), f / "probes.h5", f / "dist.h5", probe_list=f / "fs.json",
-                           facescrub_noises=f / "fs_noise.txt", megaface_noises=f / "mf_noise.txt",
-                           refine="facex", progress=False, echo=lambda *a: None, dist_info=info)
-    finally:
-        destroy(info)
-    if rank == 0:
+    res = mf(spec(block_rows=23), f / "probes.h5", f / "dist.h5", probe_list=f / "fs.json",
+             facescrub_noises=f / "fs_noise.txt", megaface_noises=f / "mf_noise.txt",
+             refine="facex", progress=False, echo=lambda *a: None, dist_info=info)
+    if info.rank == 0:
         (f / "dist_result.json").write_text(dumps_json(res["variants"]))
     else:
         assert res is None
 
 
 def test_two_gloo_ranks_equal_one_process(tmp_path):
-    import torch.multiprocessing as mp
-
     from megabench.fileio import dumps_json
 
     w = make_world(11)
@@ -52,7 +31,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     w["X"] = w["X"] + np.random.default_rng(0).normal(0, 0.01, w["X"].shape).astype(np.float32)
     write_world(w, tmp_path)
     single = run(tmp_path, w, refine="facex", sp=spec(block_rows=23))
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    run_gloo_ranks(_worker, tmp_path)
     merged = json.loads((tmp_path / "dist_result.json").read_text())
     assert merged == json.loads(dumps_json(single["variants"]))
 
@@ -101,44 +80,28 @@ def test_state_arrays_roundtrip_merge(n):
             np.testing.assert_array_equal(t1, t2)
 
 
-def _resume_worker(rank: int, world: int, port: int, folder: str) -> None:
+def _resume_worker(info, f: Path) -> None:
     """A full sharded run writing per-rank states, then a --resume run from those states."""
-    import os
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    import torch
-
-    torch.set_num_threads(1)
-    from megabench.engine.distributed import destroy, init_from_env
     from megabench.fileio import dumps_json
 
-    info = init_from_env("cpu")
-    f = Path(folder)
     kw = dict(probe_list=f / "fs.json", facescrub_noises=f / "fs_noise.txt", megaface_noises=f / "mf_noise.txt",
               refine="insightface", progress=False, dist_info=info, state=f / "run.state.npz",
               checkpoint_seconds=0)
-    try:
-        first = mf(spec(block_rows=29), f / "probes.h5", f / "dist.h5", **kw)
-        # max_blocks=0: any block left to score would stop the run, so every block must come from the states
-        again = mf(spec(block_rows=29), f / "probes.h5", f / "dist.h5", resume=True, max_blocks=0, **kw)
-    finally:
-        destroy(info)
-    if rank == 0:
+    first = mf(spec(block_rows=29), f / "probes.h5", f / "dist.h5", **kw)
+    # max_blocks=0: any block left to score would stop the run, so every block must come from the states
+    again = mf(spec(block_rows=29), f / "probes.h5", f / "dist.h5", resume=True, max_blocks=0, **kw)
+    if info.rank == 0:
         (f / "resume_result.json").write_text(dumps_json({"first": first["variants"], "again": again["variants"],
                                                           "fingerprint": first["input"]["fingerprint"]}))
 
 
 def test_sharded_resume_and_removal_of_every_rank_state(tmp_path):
-    import torch.multiprocessing as mp
-
     from megabench.evaluation.megaface import remove_states
 
     w = make_world(13)
     write_world(w, tmp_path)
     (tmp_path / "run.state.npz.rank7").write_text("not ours")
-    mp.start_processes(_resume_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
-                       start_method="spawn")
+    run_gloo_ranks(_resume_worker, tmp_path)
     out = json.loads((tmp_path / "resume_result.json").read_text())
     assert out["again"] == out["first"]
     states = [tmp_path / f"run.state.npz.rank{r}" for r in range(2)]

@@ -15,19 +15,12 @@ from PIL import Image
 from megabench.cli import cli
 from megabench.data.feature_store import StoreMeta, open_features, write_features
 from megabench.data.megaface_io import read_distractor_list, read_probe_list
+from megabench.data.synthetic_faces import render_face
 from megabench.data.synthetic_megaface_images import generate_images
 from megabench.engine.checkpoint import save_checkpoint
 from megabench.engine.model_source import resolve_model
 from megabench.errors import MegabenchError
 from megabench.models import create_model
-
-
-def _stand_in_render(identity: int, image: int, *, seed: int, size: int = 112) -> np.ndarray:
-    """A face-free stand-in with render_face's signature: a smooth per-identity pattern + per-image noise."""
-    base = np.random.default_rng([seed, identity]).integers(0, 256, (size // 16, size // 16, 3)).astype(np.float32)
-    up = np.kron(base, np.ones((16, 16, 1), np.float32))
-    noise = np.random.default_rng([seed, identity, image]).normal(0, 25, (size, size, 3))
-    return np.clip(up + noise, 0, 255).astype(np.uint8)
 
 
 def _checkpoint(path: Path, name: str = "iresnet_tiny", seed: int = 0) -> str:
@@ -119,7 +112,7 @@ def _lfw_tree(root: Path, n_sets: int = 10) -> Path:
         for k in (1, 2):
             p = root / name / f"{name}_{k:04d}.jpg"
             p.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(_stand_in_render(s, k, seed=0)).save(p, quality=95)
+            Image.fromarray(render_face(s, k, seed=0)).save(p, quality=95)
     (root / "pairs.txt").write_text("\n".join(lines) + "\n")
     return root / "pairs.txt"
 
@@ -166,7 +159,7 @@ def test_verify_needs_features_or_a_model(tmp_path, small_lfw_bin):
 def pack(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mf_images")
     generate_images(out, n_identities=4, per_identity=3, n_distractors=30, n_mislabelled=1, n_duplicates=2,
-                    render=_stand_in_render, progress=False)
+                    progress=False)
     return out
 
 
@@ -256,10 +249,7 @@ def test_megaface_model_bad_input(tmp_path, pack):
     assert res.exit_code == 1 and "--probes" in res.output
 
 
-def test_synth_megaface_images_cli(tmp_path, monkeypatch):
-    import megabench.data.synthetic_megaface_images as smi
-
-    monkeypatch.setattr(smi, "_default_render", lambda: _stand_in_render)
+def test_synth_megaface_images_cli(tmp_path):
     res = _invoke("synth", "megaface", "--images", "--out", tmp_path / "s", "--distractors", "12",
                   "--identities", "3", "--per-identity", "2", "--size", "64", "--quiet")
     assert res.exit_code == 0, res.output
@@ -274,3 +264,11 @@ def test_synth_megaface_images_cli(tmp_path, monkeypatch):
     noise = (tmp_path / "s" / "megaface_noises.txt").read_text().split("\n")
     assert sum(n in dist for n in noise) == 3  # the planted near-duplicates
     assert "megabench megaface --model" in res.output
+    # the images are megabench's synthetic faces (render_face), not a stand-in: probe k of identity c is
+    # render_face(first_identity + c, k) (PNG, exact), or identity c + 1's for a planted mislabelled probe
+    for i, p in enumerate(pl.paths):
+        c, k = divmod(i, 2)
+        with Image.open(tmp_path / "s" / "facescrub_images" / p) as im:
+            got = np.asarray(im.convert("RGB"))
+        assert any(np.array_equal(got, render_face(100_000 + shown, k, seed=0, size=64))
+                   for shown in (c, (c + 1) % 3)), p

@@ -211,7 +211,8 @@ def test_recipe_schedule_divides_lr_at_steps() -> None:
     ('head = "cosface"\nhead_args = { margin_rad = 0.5 }\n', "head_args"),
     ('model = "sranet_r5O"\n', "did you mean"),
     ('[schedule]\nlr_steps = [50000, 30000]\n', "increasing"),
-], ids=["head_args", "model_name", "lr_steps"])
+    ('[data]\nformat = "recordoi"\n', "unknown data format 'recordoi'; did you mean 'recordio'"),
+], ids=["head_args", "model_name", "lr_steps", "data_format"])
 def test_bad_recipe_is_a_config_error(tmp_path, delta: str, message: str) -> None:
     bad = tmp_path / "bad.toml"
     base = (spec_folder("baselines") / "_casia_r50.toml").as_posix()

@@ -89,6 +89,9 @@ def test_plain_install_lists_and_loads_specs_from_any_folder(installed, tmp_path
         "print(load_spec('lfw', kind='verification').n_pairs)\n"
         "mf = load_spec('megaface_c1', kind='megaface')\n"
         "print(all(mf.noise_path(w).is_file() for w in ('facescrub', 'megaface')))\n"
+        "import dataclasses\n"
+        "bare = dataclasses.replace(mf, source='')  # a spec built without a file: the shipped folder\n"
+        "print(all(bare.noise_path(w).is_file() for w in ('facescrub', 'megaface')))\n"
         "print(load_spec('casia_sranet_r50_arcface', 'baselines', kind='recipe').model)\n"
     )
     out = _run_installed(installed, tmp_path, code)
@@ -96,7 +99,7 @@ def test_plain_install_lists_and_loads_specs_from_any_folder(installed, tmp_path
     assert Path(lines[0]).is_relative_to(installed)  # the installed copy ran, not the checkout
     for name in ("lfw", "agedb_30", "cfp_fp", "megaface_c1", "casia_sranet_r50_arcface", "_casia_r50"):
         assert any(line.startswith(name + " ") for line in lines), name
-    assert lines[-3:] == ["6000", "True", "sranet_r50"]
+    assert lines[-4:] == ["6000", "True", "True", "sranet_r50"]
 
 
 def test_own_file_overrides_the_shipped_name(installed, tmp_path) -> None:
@@ -106,3 +109,23 @@ def test_own_file_overrides_the_shipped_name(installed, tmp_path) -> None:
     out = _run_installed(installed, tmp_path, "from megabench.config import load_spec\n"
                                               f"print(load_spec({str(own)!r}).n_pairs, load_spec('lfw').n_pairs)")
     assert out.split() == ["600", "6000"]
+
+
+# ----------------------------------------------------------------- one place for the shipped folders and the cache
+def _modules_mentioning(text: str) -> list[str]:
+    return sorted(p.relative_to(REPO).as_posix() for p in (REPO / "megabench").rglob("*.py")
+                  if p.name != "config.py" and text in p.read_text(encoding="utf-8"))
+
+
+def test_only_config_knows_the_checkout_root() -> None:
+    """Shipped files are found through megabench.config (spec_folder / find_spec_file), which works in
+    a plain install; a REPO_ROOT path anywhere else breaks there."""
+    assert _modules_mentioning("REPO_ROOT") == []
+
+
+def test_only_config_knows_the_cache_root() -> None:
+    """The cache folder ($MEGABENCH_CACHE, ~/.cache/megabench) comes from megabench.config.cache_dir
+    (and synthetic_megaface_folder) only, so that feature caches and synthetic sets share one root."""
+    assert _modules_mentioning('environ.get("MEGABENCH_CACHE"') == []
+    assert _modules_mentioning('".cache"') == []
+    assert _modules_mentioning("synth_megaface_n") == []

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import socket
+from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_gloo_ranks
 from torch import nn
 from train_fixtures import PatternFaces, tiny_recipe
 
-from megabench.models import MODEL_REGISTRY, Preprocessing
+from megabench.models import MODEL_REGISTRY, FaceModel, Preprocessing
 
 
-class LinearFace(nn.Module):
-    """A model without batch-dependent layers (no BN, no dropout): flatten -> linear -> tanh -> linear."""
+class LinearFace(FaceModel):
+    """A model without batch-dependent layers (no BN, no dropout): flatten -> linear -> tanh -> linear.
+
+    A :class:`FaceModel` like every registered model (checkpoints refuse anything else)."""
 
     def __init__(self, embedding_size: int = 16, input_size: tuple[int, int] = (16, 16)) -> None:
         super().__init__()
@@ -35,37 +38,18 @@ def recipe():
     return tiny_recipe(model="test_linear_face", size=16, batch=8, steps=6, lr_steps=(4,), lr=0.05)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, folder: str) -> None:
-    import os
-    from pathlib import Path
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    from megabench.engine.distributed import destroy, init_from_env
+def _worker(info, folder: Path) -> None:
     from megabench.engine.train import TrainOptions, train
 
-    info = init_from_env("cpu")
     opts = dict(workers=0, log_every=1, progress=False, echo=lambda *_: None, save_every=0)
-    out = Path(folder) / "ddp"
-    try:
-        first = train(recipe(), PatternFaces(size=16), out, TrainOptions(stop_at=3, **opts), info)
-        assert first.status == "stopped" and first.step == 3
-        done = train(recipe(), PatternFaces(size=16), out, TrainOptions(resume=True, **opts), info)
-    finally:
-        destroy(info)
-    torch.save(done.weights, Path(folder) / f"rank{rank}.pt")
+    out = folder / "ddp"
+    first = train(recipe(), PatternFaces(size=16), out, TrainOptions(stop_at=3, **opts), info)
+    assert first.status == "stopped" and first.step == 3
+    done = train(recipe(), PatternFaces(size=16), out, TrainOptions(resume=True, **opts), info)
+    torch.save(done.weights, folder / f"rank{info.rank}.pt")
 
 
 def test_two_gloo_ranks_equal_one_process_and_resume(tmp_path):
-    import torch.multiprocessing as mp
-
     from megabench.engine.train import TrainOptions, train
     from megabench.engine.train_state import read_run
     from megabench.errors import MegabenchError
@@ -73,7 +57,7 @@ def test_two_gloo_ranks_equal_one_process_and_resume(tmp_path):
     torch.set_num_threads(1)
     opts = TrainOptions(workers=0, log_every=1, progress=False, echo=lambda *_: None, save_every=0)
     single = train(recipe(), PatternFaces(size=16), tmp_path / "single", opts).weights
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    run_gloo_ranks(_worker, tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert ranks[0].keys() == ranks[1].keys() == single.keys()
     for k in single:

@@ -253,3 +253,75 @@ def test_cli_info_bad_input(tmp_path, case):
 def test_cli_info_missing_path(tmp_path):
     r = CliRunner().invoke(cli, ["data", "info", str(tmp_path / "nope")])
     assert r.exit_code == 1 and "no such file or folder" in r.output
+
+
+# ------------------------------------------------------------------ the data-format registry is the one source
+class _ToySet:
+    format = "toy"
+
+    def __init__(self, path, skip_bad_images):
+        self.source, self.skip_bad_images = path, skip_bad_images
+
+    def info(self) -> dict:
+        return {"format": self.format, "source": str(self.source), "images": 0, "identities": 0,
+                "num_classes": 0, "images_per_identity": {"min": 0, "median": 0.0, "max": 0},
+                "image_size": [0, 0], "fingerprint": "toy"}
+
+
+def _is_toy(path: Path) -> bool:
+    return (path / "toy.marker").is_file()
+
+
+def _open_toy(path: Path, *, skip_bad_images: bool = False) -> _ToySet:
+    return _ToySet(path, skip_bad_images)
+
+
+@pytest.fixture
+def toy_format(monkeypatch):
+    """A format registered for this test only (the registry is restored afterwards)."""
+    from megabench.data.formats import DATA_FORMATS, DataFormat, register_data_format
+
+    monkeypatch.setattr(DATA_FORMATS, "_items", dict(DATA_FORMATS._items))
+    register_data_format(DataFormat("toy", open=f"{__name__}:_open_toy", detect=f"{__name__}:_is_toy",
+                                    priority=100, description="a toy layout"))
+
+
+def test_a_registered_format_is_detected_and_opened_by_open_training_set(tmp_path, toy_format):
+    (tmp_path / "toy.marker").write_text("")  # also an (empty) image folder: only the registry knows "toy"
+    ds = open_training_set(tmp_path, skip_bad_images=True)
+    assert isinstance(ds, _ToySet) and ds.source == tmp_path and ds.skip_bad_images is True
+
+
+def test_a_named_format_skips_detection(tmp_path, toy_format):
+    ds = open_training_set(SMALL, "toy")
+    assert isinstance(ds, _ToySet) and ds.source == SMALL
+
+
+def test_cli_data_info_and_formats_read_the_registry(tmp_path, toy_format):
+    (tmp_path / "toy.marker").write_text("")
+    r = CliRunner().invoke(cli, ["data", "info", str(tmp_path), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["format"] == "toy"
+    r = CliRunner().invoke(cli, ["data", "formats"])
+    assert r.exit_code == 0, r.output
+    assert [line.split()[0] for line in r.output.splitlines()] == ["toy", "recordio", "folder", "list"]
+
+
+def test_unknown_format_name_is_a_clear_error():
+    r = CliRunner().invoke(cli, ["data", "info", str(SMALL / "label.txt"), "--format", "lst"])
+    assert r.exit_code == 1 and "unknown data format 'lst'" in r.output and "'list'" in r.output, r.output
+
+
+def test_built_in_formats_are_registered_with_their_readers():
+    from megabench.data.formats import DATA_FORMATS
+
+    assert {n: DATA_FORMATS.get(n).opener() for n in ("recordio", "folder", "list")} == {
+        "recordio": training.open_recordio, "folder": training.open_image_folder, "list": training.open_list_file}
+
+
+def test_a_recipe_may_name_a_registered_format(tmp_path, toy_format):
+    from megabench.config import load_spec, spec_folder
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'base = "{(spec_folder("baselines") / "_casia_r50.toml").as_posix()}"\n[data]\nformat = "toy"\n')
+    assert load_spec(recipe).data.format == "toy"

@@ -77,6 +77,36 @@ def test_verify_writes_result(synth, tmp_path):
     assert 0.7 < acc.mean < 1.0  # difficulty 0.2 -> about 90%
 
 
+def test_verify_builds_options_and_calls_the_registered_entry_point(synth, tmp_path, monkeypatch):
+    """The CLI parses options into VerificationOptions and leaves the work to run_verification (the
+    evaluation registry's entry point); the result file is what that entry point returned."""
+    from megabench.evaluation import verification as ev
+    from megabench.evaluation.registry import EVALUATIONS
+
+    assert EVALUATIONS.get("verification").run_function() is ev.run_verification
+    pack, store, spec = synth
+    calls = []
+    real = ev.run_verification
+
+    def spy(spec_obj, options, **kw):
+        calls.append((spec_obj, options, kw))
+        return real(spec_obj, options, **kw)
+
+    monkeypatch.setattr(ev, "run_verification", spy)
+    out = tmp_path / "r.json"
+    res = _run("verify", "--pairs", str(pack), "--features", str(store), "--protocol", str(spec), "--out", str(out),
+               "--flip", "sum", "--threshold-search", "exact")
+    assert res.exit_code == 0, res.output
+    assert len(calls) == 1
+    spec_obj, options, kw = calls[0]
+    assert spec_obj.n_pairs == N and kw == {"pairs": None}
+    assert options == ev.VerificationOptions(pairs=str(pack), features=str(store), images=None, flip="sum",
+                                             threshold_search="exact", allow_partial=False)
+    direct = real(spec_obj, options)
+    written = json.loads(out.read_text())
+    assert written["metrics"] == json.loads(json.dumps(direct["metrics"]))
+
+
 def test_verify_variants_and_protocol_guess(synth, tmp_path):
     pack, store, spec = synth
     out = tmp_path / "x.json"

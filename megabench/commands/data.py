@@ -13,16 +13,19 @@ def data() -> None:
 @data.command("info")
 @click.argument("path", type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def info(path: str, as_json: bool) -> None:
+@click.option("--format", "format_name", help="A registered data format (`megabench data formats`) "
+                                               "[default: detected from PATH].")
+def info(path: str, as_json: bool, format_name: str | None) -> None:
     """Format, images, identities, images per identity (min/median/max), image size of PATH.
 
-    PATH: a .rec (with its .idx and property beside it), a folder holding train.rec, an image folder
-    root/<identity>/<image>, or a list file of 'relative/path<TAB>label' lines.
+    PATH: any registered data format (`megabench data formats`): built in, a .rec (with its .idx and
+    property beside it) or a folder holding train.rec, an image folder root/<identity>/<image>, or a
+    list file of 'relative/path<TAB>label' lines.
     """
     from megabench.data.training import open_training_set
     from megabench.fileio import dumps_json
 
-    summary = open_training_set(path).info()
+    summary = open_training_set(path, format_name).info()
     if as_json:
         click.echo(dumps_json(summary), nl=False)
         return
@@ -35,6 +38,15 @@ def info(path: str, as_json: bool) -> None:
     click.echo(f"per identity: min {per['min']}, median {per['median']:g}, max {per['max']}")
     click.echo(f"image size:   {h}x{w} (h x w, first image)")
     click.echo(f"fingerprint:  {summary['fingerprint']}")
+
+
+@data.command("formats")
+def formats() -> None:
+    """The registered data formats, in detection order (the first whose detector accepts a path opens it)."""
+    from megabench.data.formats import in_detection_order
+
+    for fmt in in_detection_order():
+        click.echo(f"{fmt.name:10s} {fmt.description}")
 
 
 @click.command("faces")

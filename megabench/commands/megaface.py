@@ -6,8 +6,6 @@ Thin click commands: parse options, call :mod:`megabench.evaluation.megaface` /
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from megabench.commands.megaface_model import megaface_model_options, synthetic_images_options
@@ -24,22 +22,16 @@ def _sizes(value: str | None) -> tuple[float, ...] | None:
         raise click.BadParameter(f"sizes must be numbers, e.g. 10,100,1000: {value!r}") from None
 
 
-def _synthetic_dir(n: int, dim: int, seed: int, dtype: str) -> Path:
-    import os
-
-    root = Path(os.environ.get("MEGABENCH_CACHE", Path.home() / ".cache" / "megabench"))
-    return root / f"synth_megaface_n{n}_d{dim}_s{seed}_{dtype}"
-
-
 def _synthetic_inputs(n: int, dim: int, info, quiet: bool) -> dict[str, str]:
     """Generate (once, cached) a synthetic set; returns the option values that point at it."""
+    from megabench.config import synthetic_megaface_folder
     from megabench.data.synthetic_megaface import generate
     from megabench.engine.distributed import barrier
     from megabench.errors import MegabenchError
 
     if n < 1 or dim < 1:
         raise MegabenchError(f"--synthetic {n} --dim {dim}: both must be positive (e.g. --synthetic 100000)")
-    folder = _synthetic_dir(n, dim, 0, "float32")
+    folder = synthetic_megaface_folder(n, dim, 0, "float32")
     if info.is_main and not (folder / "meta.json").exists():
         click.echo(f"generating synthetic MegaFace ({n:,} distractors x {dim}) in {folder}")
         generate(folder, n, dim, 0, progress=not quiet, force=True)

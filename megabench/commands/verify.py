@@ -87,7 +87,7 @@ def _verify_one(pairs_file: str, features: str | None, source, mo: dict, *, imag
                 allow_partial, out, out_dir, device, quiet) -> dict:
     """Evaluate one pairs file (extracting its features first when ``source`` is a model); print and write."""
     from megabench.config import load_spec
-    from megabench.evaluation.verification import evaluate, load_pairs
+    from megabench.evaluation.verification import VerificationOptions, load_pairs, run_verification
     from megabench.fileio import check_output
     from megabench.results import is_result_file, write_result
 
@@ -95,17 +95,19 @@ def _verify_one(pairs_file: str, features: str | None, source, mo: dict, *, imag
     default_name = f"{source.name}_{spec.name}.json" if source is not None else f"{spec.name}.json"
     out_path = check_output(out or Path(out_dir) / default_name, replaceable=is_result_file,
                             inputs=[pairs_file, features, spec.source or None, getattr(source, "checkpoint", None)])
-    pairs = load_pairs(pairs_file, images)
+    pairs = None
     if source is not None:
         from megabench.commands.model_options import extract_options
         from megabench.engine.extract_images import pair_features
 
+        pairs = load_pairs(pairs_file, images)
         features = str(pair_features(pairs, source, flip=(flip or spec.flip) != "none", cache=mo["cache"],
                                      opts=extract_options(mo, device, quiet), echo=click.echo))
+    options = VerificationOptions(pairs=pairs_file, features=features, images=images, flip=flip,
+                                  threshold_search=threshold_search, allow_partial=allow_partial)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = evaluate(spec, pairs, features, flip=flip, threshold_search=threshold_search,  # type: ignore[arg-type]
-                          allow_partial=allow_partial)
+        result = run_verification(spec, options, pairs=pairs)
     for message in dict.fromkeys(str(w.message) for w in caught):
         click.secho(f"warning: {message}", fg="yellow", err=True)
     if source is not None:

@@ -55,7 +55,7 @@ class DataFormat:
 
 
 #: every registered data format, by name.
-DATA_FORMATS: Registry[DataFormat] = Registry("data format")
+DATA_FORMATS: Registry[DataFormat] = Registry("data format", listing="megabench data formats")
 
 
 def register_data_format(fmt: DataFormat, *, registry: Registry[DataFormat] = DATA_FORMATS) -> DataFormat:
@@ -64,13 +64,17 @@ def register_data_format(fmt: DataFormat, *, registry: Registry[DataFormat] = DA
     return fmt
 
 
+def in_detection_order(registry: Registry[DataFormat] = DATA_FORMATS) -> list[DataFormat]:
+    """The registered formats as :func:`detect_format` tries them: by ``priority`` (higher first), then name."""
+    return sorted((f for _, f in registry.items()), key=lambda f: (-f.priority, f.name))
+
+
 def detect_format(path: str | os.PathLike, *, registry: Registry[DataFormat] = DATA_FORMATS) -> DataFormat:
     """The first format (by ``priority``, then name) whose ``detect`` accepts ``path``; DataError if none."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: no such file or folder")
-    candidates = sorted((f for _, f in registry.items()), key=lambda f: (-f.priority, f.name))
-    for fmt in candidates:
+    for fmt in in_detection_order(registry):
         if fmt.matches(p):
             return fmt
     raise DataError(f"{p}: not a known data layout (formats: {', '.join(registry.names()) or 'none registered'}); "
@@ -87,3 +91,15 @@ def open_data(path: str | os.PathLike, format: str | None = None, *,
 def is_text_list(path: Path) -> bool:
     """A ``.txt`` / ``.lst`` file: the generic ``path<TAB>label`` list layout's detector."""
     return path.is_file() and path.suffix in (".txt", ".lst")
+
+
+# -- built-in training-set formats (readers in megabench.data.training), in detection order
+register_data_format(DataFormat(
+    "recordio", open="megabench.data.training:open_recordio", detect="megabench.data.training:is_recordio",
+    priority=20, description="insightface train.rec + train.idx + property (a .rec file or its folder)"))
+register_data_format(DataFormat(
+    "folder", open="megabench.data.training:open_image_folder", detect="megabench.data.training:is_image_folder",
+    priority=10, description="an image folder root/<identity>/<image>"))
+register_data_format(DataFormat(
+    "list", open="megabench.data.training:open_list_file", detect="megabench.data.training:is_list_file",
+    priority=0, description="a list file of relative/path<TAB>label lines"))

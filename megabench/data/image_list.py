@@ -2,7 +2,8 @@
 
 List file: one image per line, ``relative/path<TAB>label`` (insightface's ``label.txt``); the path is
 relative to the list file's folder, the label a non-negative integer. Blank lines and lines starting
-with ``#`` are ignored. A path that is absolute or leaves that folder (``../``) is refused.
+with ``#`` are ignored. A path that leaves that folder (``../``, or absolute and outside it) is refused:
+the rule of :func:`megabench.fileio.resolve_inside`, as for pair lists.
 
 Image folder: every sub-folder of ``root`` is one identity; identities are numbered 0..C-1 in sorted
 name order, images sorted by name inside each. Files whose suffix is not an image suffix are ignored.
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
 from megabench.errors import DataError
+from megabench.fileio import resolve_inside
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"})
 
@@ -33,22 +35,20 @@ class ImageList:
 
 
 def _inside(root: Path, rel: str, where: str) -> str:
-    """``rel`` as a clean POSIX relative path that stays inside ``root`` (else DataError)."""
+    """``rel`` as a clean POSIX path relative to ``root`` that stays inside it (else DataError).
+
+    The rule is :func:`megabench.fileio.resolve_inside`'s (as for pair lists), checked as written
+    (``..`` collapsed, symlinked images allowed); Windows separators are read as ``/`` and a Windows
+    drive path is refused as absolute."""
     rel_posix = rel.replace("\\", "/")
-    pure = PurePosixPath(rel_posix)
-    if pure.is_absolute() or (len(rel) > 1 and rel[1] == ":"):
-        raise DataError(f"{where}: path {rel!r} is absolute; list paths must be relative to {root}")
-    parts: list[str] = []
-    for part in pure.parts:
-        if part == "..":
-            if not parts:
-                raise DataError(f"{where}: path {rel!r} leaves the list's folder {root}; refused")
-            parts.pop()
-        elif part != ".":
-            parts.append(part)
-    if not parts:
+    if len(rel) > 1 and rel[1] == ":":
+        raise DataError(f"{where}: path {rel!r} is absolute (a Windows drive); list paths must be relative "
+                        f"to {root}")
+    base = Path(root).resolve()
+    full = resolve_inside(base, rel_posix, source=where, follow_links=False)
+    if full == base:
         raise DataError(f"{where}: empty image path")
-    return "/".join(parts)
+    return full.relative_to(base).as_posix()
 
 
 def _parse_line(line: str) -> tuple[str, str]:

@@ -33,17 +33,6 @@ from megabench.data.synthetic_megaface import STANDARD_SIZES, distractor_path
 Render = Callable[..., np.ndarray]
 
 
-def _default_render() -> Render:
-    try:
-        from megabench.data.synthetic_faces import render_face
-    except ImportError:
-        from megabench.errors import MegabenchError
-
-        raise MegabenchError("synth megaface --images renders faces with megabench.data.synthetic_faces, which this "
-                             "installation lacks; update megabench (it comes with `megabench synth faces`)") from None
-    return render_face
-
-
 def _save(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
@@ -77,7 +66,8 @@ def generate_images(
 
     if n_identities < 2 or per_identity < 2 or n_distractors < 1:
         raise ValueError("need >= 2 identities of >= 2 images and >= 1 distractor")
-    render = render or _default_render()
+    if render is None:
+        from megabench.data.synthetic_faces import render_face as render
     out = Path(out)
     rng = np.random.default_rng([seed, 7])
     names = [f"Synth_Person_{c:03d}" for c in range(n_identities)]

@@ -1,6 +1,7 @@
 """Training sets as a torch ``Dataset``: insightface RecordIO, an image folder or a list file.
 
-:func:`open_training_set` picks the format from the path:
+:func:`open_training_set` opens a path with a format registered in :mod:`megabench.data.formats`
+(named, or detected from the path); the built-in ones, in detection order:
 
 - a ``.rec`` file (its ``.idx`` and ``property`` beside it), or a folder holding ``train.rec``:
   ``format = "recordio"`` (insightface layout; see :mod:`megabench.data.recordio`);
@@ -229,22 +230,56 @@ def _find_rec(p: Path) -> Path | None:
     return None
 
 
-def open_training_set(path: str | os.PathLike, *, skip_bad_images: bool = False) -> TrainingSet:
-    """A ``.rec`` file (or a folder holding ``train.rec``/``train.idx``/``property``), an image folder
-    ``root/<identity>/<image>``, or a list file ``relative/path<TAB>label``. Raises DataError for
-    anything unreadable (missing path, bad index, missing property, labels beyond num_classes...)."""
+# -- the registered training-set formats (megabench.data.formats): detectors and openers
+def is_recordio(path: Path) -> bool:
+    """A ``.rec`` file, or a folder holding ``train.rec``."""
+    return _find_rec(path) is not None
+
+
+def is_image_folder(path: Path) -> bool:
+    """Any folder (checked after RecordIO, which claims folders holding ``train.rec``)."""
+    return path.is_dir()
+
+
+def is_list_file(path: Path) -> bool:
+    """Any file that is not part of a RecordIO set or a verification ``.bin``."""
+    return path.is_file() and path.suffix not in (".rec", ".idx", ".bin")
+
+
+def open_recordio(path: Path, *, skip_bad_images: bool = False) -> TrainingSet:
+    """insightface ``train.rec`` (or a folder holding it) with ``train.idx`` and ``property`` beside it."""
+    rec = _find_rec(path)
+    if rec is None:
+        raise DataError(f"{path}: not a .rec file nor a folder holding train.rec")
+    return RecordIOTrainingSet(rec, skip_bad_images=skip_bad_images)
+
+
+def open_image_folder(path: Path, *, skip_bad_images: bool = False) -> TrainingSet:
+    """``root/<identity>/<image>``."""
+    return FileTrainingSet(path, scan_image_folder(path), "folder", skip_bad_images=skip_bad_images)
+
+
+def open_list_file(path: Path, *, skip_bad_images: bool = False) -> TrainingSet:
+    """``relative/path<TAB>label`` lines, paths relative to the list's folder."""
+    return FileTrainingSet(path, read_list_file(path), "list", skip_bad_images=skip_bad_images)
+
+
+def open_training_set(path: str | os.PathLike, format: str | None = None, *,
+                      skip_bad_images: bool = False) -> TrainingSet:
+    """Open a training set with the registered data ``format`` (:data:`megabench.data.formats.DATA_FORMATS`)
+    named, or the one detected from ``path``: built in are ``recordio`` (a ``.rec`` file or a folder
+    holding ``train.rec``/``train.idx``/``property``), ``folder`` (``root/<identity>/<image>``) and
+    ``list`` (``relative/path<TAB>label`` lines). Raises DataError for anything unreadable (missing
+    path, bad index, missing property, labels beyond num_classes...)."""
+    from megabench.data.formats import open_data
+
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: no such file or folder; pass a .rec, a folder with train.rec, "
                         "an image folder or a list file")
-    rec = _find_rec(p)
-    if rec is not None:
-        return RecordIOTrainingSet(rec, skip_bad_images=skip_bad_images)
-    if p.is_dir():
-        return FileTrainingSet(p, scan_image_folder(p), "folder", skip_bad_images=skip_bad_images)
-    if p.suffix in (".idx", ".bin"):
+    if format is None and p.suffix in (".idx", ".bin"):
         raise DataError(f"{p}: a {p.suffix} file is not a training set; pass the .rec (or its folder)")
-    return FileTrainingSet(p, read_list_file(p), "list", skip_bad_images=skip_bad_images)
+    return open_data(p, format, skip_bad_images=skip_bad_images)
 
 
 class SkippingBatch(NamedTuple):

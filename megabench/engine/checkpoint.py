@@ -27,6 +27,7 @@ from torch import nn
 
 from megabench.errors import DataError, MegabenchError, UnsafePickleError
 from megabench.fileio import atomic_path
+from megabench.models.registry import FaceModel
 
 FORMAT = "megabench.checkpoint"
 FORMAT_VERSION = 1
@@ -42,20 +43,26 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def _face_model(model: nn.Module, what: str) -> FaceModel:
+    """``model`` itself if it is a :class:`FaceModel`; else a :class:`MegabenchError` saying what to do."""
+    if not isinstance(model, FaceModel):
+        raise MegabenchError(f"{what}: {type(model).__name__} is not a megabench FaceModel (no registered name, "
+                             "config or preprocessing); build it with megabench.models.create_model")
+    return model
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, extra: dict[str, Any] | None = None) -> str:
-    """Write ``model`` (a zoo model: it has ``.name`` and ``.config``) to ``path``; returns weights_sha256."""
-    name = getattr(model, "name", None)
-    if not isinstance(name, str):
-        raise MegabenchError(f"{path}: cannot save a model without a registered `.name` (build it with create_model)")
+    """Write ``model`` (a :class:`FaceModel`: its ``.name``, ``.config``, ``.preprocessing`` and weights)
+    to ``path``; returns weights_sha256. Any other module is a :class:`MegabenchError`."""
+    model = _face_model(model, f"{path}: cannot save the model")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     digest = weights_sha256(state)
-    prep = getattr(model, "preprocessing", None)
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model": name,
-        "config": dict(getattr(model, "config", {})),
-        "preprocessing": prep.to_dict() if prep is not None else None,
+        "model": model.name,
+        "config": dict(model.config),
+        "preprocessing": model.preprocessing.to_dict(),
         "weights_sha256": digest,
         "state_dict": state,
         "extra": extra or {},
@@ -150,8 +157,7 @@ def check_weights_fit(state_dict: dict[str, torch.Tensor], model: nn.Module, *, 
         parts = [f"{len(missing)} missing ({_first(missing)})" if missing else "",
                  f"{len(unexpected)} unexpected ({_first(unexpected)})" if unexpected else "",
                  f"{len(reshaped)} of another shape ({_first(reshaped)})" if reshaped else ""]
-        name = getattr(model, "name", type(model).__name__)
-        lead = lead or f"the weights are not those of model {name!r}"
+        lead = lead or f"the weights are not those of model {_face_model(model, source).name!r}"
         advice = advice or ("The checkpoint's `model`/`config` do not describe its weights (edited or damaged "
                             "file); use the checkpoint the model was trained into")
         raise DataError(f"{source}: {lead}: tensors {'; '.join(p for p in parts if p)}. {advice}")
@@ -168,14 +174,15 @@ def _registered_structure(name: str, source: str) -> nn.Module:
         raise DataError(f"{source}: {exc.args[0] if exc.args else exc}") from None
 
 
-def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, model: FaceModel) -> dict[str, Any]:
     """Load weights from ``path`` into ``model`` (strict); returns the checkpoint dict.
 
     Raises :class:`MegabenchError` naming both models when the checkpoint was saved from another model
     name or its tensors do not fit.
     """
+    model = _face_model(model, f"{path}: cannot load the checkpoint into the model")
     payload = read_checkpoint(path)
-    want = getattr(model, "name", type(model).__name__)
+    want = model.name
     if payload["model"] != want:
         raise MegabenchError(
             f"{path}: checkpoint is for model {payload['model']!r}, not {want!r}; "
@@ -183,7 +190,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> dict[str, Any]
         )
     check_weights_fit(payload["state_dict"], model, source=str(path),
                       lead=f"checkpoint of {payload['model']!r} (config {payload['config']}) does not fit model "
-                           f"{want!r} (config {getattr(model, 'config', {})})",
+                           f"{want!r} (config {model.config})",
                       advice="build the model with the checkpoint's config (model_from_checkpoint)")
     model.load_state_dict(payload["state_dict"], strict=True)
     return payload

@@ -25,8 +25,10 @@ from megabench.fileio import atomic_write_json, sha256_bytes
 
 
 def default_cache_dir() -> Path:
-    root = Path(os.environ.get("MEGABENCH_CACHE", Path.home() / ".cache" / "megabench"))
-    return root / "features"
+    """``features/`` in megabench's cache folder (:func:`megabench.config.cache_dir`)."""
+    from megabench.config import cache_dir
+
+    return cache_dir() / "features"
 
 
 def check_writable(folder: str | os.PathLike) -> Path:

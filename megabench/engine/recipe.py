@@ -15,10 +15,11 @@ from typing import Any, Literal
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
-    """Training set. ``format``: insightface RecordIO, an image folder, or a ``path\\tlabel`` list."""
+    """Training set. ``format``: a registered data format (:data:`megabench.data.formats.DATA_FORMATS`;
+    built in: ``recordio``, ``folder``, ``list``), describing the data the recipe was written for."""
 
     name: str
-    format: Literal["recordio", "folder", "list"] = "recordio"
+    format: str = "recordio"
     num_images: int = 0
     num_classes: int = 0
     path: str = ""
@@ -94,9 +95,11 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        from megabench.data.formats import DATA_FORMATS
         from megabench.models import HEAD_REGISTRY, MODEL_REGISTRY
 
-        for registry, name in ((MODEL_REGISTRY, self.model), (HEAD_REGISTRY, self.head)):
+        for registry, name in ((MODEL_REGISTRY, self.model), (HEAD_REGISTRY, self.head),
+                               (DATA_FORMATS, self.data.format)):
             try:
                 registry.get(name)
             except KeyError as exc:  # "unknown model 'x'; did you mean ..."

@@ -81,11 +81,12 @@ class MegafaceSpec:
             raise ValueError("topk_min must be positive and block_rows in [1, 2**24)")
 
     def noise_path(self, which: str) -> Path:
-        """Noise list path, relative to the spec file's folder (or the repo's protocols/)."""
-        from megabench.config import REPO_ROOT
+        """Noise list path, relative to the spec file's folder (or the shipped protocols folder,
+        :func:`megabench.config.spec_folder`, for a spec built without a file)."""
+        from megabench.config import spec_folder
 
         rel = self.facescrub_noises if which == "facescrub" else self.megaface_noises
-        base = Path(self.source).parent if self.source else REPO_ROOT / "protocols"
+        base = Path(self.source).parent if self.source else spec_folder("protocols")
         return (base / rel) if not Path(rel).is_absolute() else Path(rel)
 
 

@@ -81,9 +81,14 @@ class VerificationOptions:
                                  f"got {self.threshold_search!r}")
 
 
-def run_verification(spec: VerificationSpec, options: VerificationOptions) -> dict[str, Any]:
-    """The registered entry point: open the pairs, then :func:`evaluate`. Returns the result dict (not written)."""
-    pairs = load_pairs(options.pairs, options.images)
+def run_verification(spec: VerificationSpec, options: VerificationOptions, *, pairs: Any = None) -> dict[str, Any]:
+    """The registered entry point: open the pairs, then :func:`evaluate`. Returns the result dict (not written).
+
+    ``pairs``: ``options.pairs`` already opened with :func:`load_pairs` (a caller that extracted features
+    from them first), so that the file is not read twice; None reads it here.
+    """
+    if pairs is None:
+        pairs = load_pairs(options.pairs, options.images)
     return evaluate(spec, pairs, options.features, flip=options.flip, threshold_search=options.threshold_search,
                     allow_partial=options.allow_partial)
 

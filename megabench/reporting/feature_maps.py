@@ -21,30 +21,32 @@ from torch import nn
 
 from megabench.errors import DataError, MegabenchError
 from megabench.fileio import atomic_path
+from megabench.models.iresnet import IRBlock, IResNet
+from megabench.models.layers import PairPool
+from megabench.models.registry import FaceModel
 
 
-def _attention_modules(block: nn.Module) -> list[nn.Module]:
-    attn = getattr(block, "attn", None)
-    if attn is None or isinstance(attn, nn.Identity):
+def _attention_modules(block: IRBlock) -> list[nn.Module]:
+    if isinstance(block.attn, nn.Identity):
         return []
-    return list(attn) if isinstance(attn, nn.Sequential) else [attn]
+    return list(block.attn) if isinstance(block.attn, nn.Sequential) else [block.attn]
 
 
 def _attention_name(module: nn.Module) -> str:
     kind = {"SelfChannelAttention": "SCA", "SelfSpatialAttention": "SSA"}.get(type(module).__name__,
                                                                                type(module).__name__)
-    mode = getattr(getattr(module, "pool", None), "mode", None)
-    return f"{kind} ({mode})" if isinstance(mode, str) else kind
+    pool = getattr(module, "pool", None)  # attention modules are open to registration: not every one pools
+    return f"{kind} ({pool.mode})" if isinstance(pool, PairPool) else kind
 
 
 def feature_taps(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(column name, module)`` to hook, in forward order: stem, then per stage its last block's
-    attention modules and the block (the stage output)."""
-    depths = (getattr(model, "config", None) or {}).get("depths")
-    blocks = getattr(model, "blocks", None)
-    if not depths or blocks is None or not hasattr(model, "stem"):
-        raise MegabenchError(f"model {getattr(model, 'name', type(model).__name__)}: feature maps need a zoo "
-                             "IR-ResNet (stem, blocks, config['depths']); ONNX models cannot be hooked")
+    attention modules and the block (the stage output). ``model`` must be a zoo :class:`IResNet`."""
+    if not isinstance(model, IResNet):
+        name = model.name if isinstance(model, FaceModel) else type(model).__name__
+        raise MegabenchError(f"model {name}: feature maps need a zoo IR-ResNet (stem, blocks, config['depths']); "
+                             "ONNX models cannot be hooked")
+    depths, blocks = model.config["depths"], model.blocks
     taps: list[tuple[str, nn.Module]] = [("stem", model.stem)]
     end = 0
     for stage, depth in enumerate(depths, start=1):

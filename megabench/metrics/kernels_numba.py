@@ -81,10 +81,14 @@ def _row_bins(S, r, lo, hi, span, nb, floor, t_rank, bins):
 
 
 @njit(nogil=True, cache=True)
-def _row_low(S, r, cls, noisy, low_cols, low_ptr, low_mode, low_gptr, low_g, low_base, le_out, lt_out):
-    """Position counts of row r among the low genuine scores of each column that has some."""
-    for c in low_cols:
+def _row_low(S, r, cls, noisy, low_cols, low_gmin, low_ptr, low_mode, low_gptr, low_g, low_base, le_out, lt_out):
+    """Position counts of row r among the low genuine scores of each column that has some (``low_gmin``: the
+    lowest of them per column, in ``low_cols`` order)."""
+    for i in range(low_cols.size):
+        c = low_cols[i]
         x = S[r, c]
+        if x < low_gmin[i] and not noisy:
+            continue  # position 0 in every slot of the column: one compare, contiguous tables
         for sl in range(low_ptr[c], low_ptr[c + 1]):
             v = x
             if noisy:
@@ -103,7 +107,7 @@ def _row_low(S, r, cls, noisy, low_cols, low_ptr, low_mode, low_gptr, low_g, low
 
 @njit(parallel=True, nogil=True, cache=True)
 def fused_block(S, row_cls, row_noisy, row_floor, t_rank, col_sig, noisy_sig, n_sig1, lo, span, nb,
-                hist, spill, low_cols, low_ptr, low_mode, low_gptr, low_g, low_base, low_le, low_lt,
+                hist, spill, low_cols, low_gmin, low_ptr, low_mode, low_gptr, low_g, low_base, low_le, low_lt,
                 cand_r, cand_c, cand_v, cand_n, bad, bins):
     """One pass over ``S`` (float32, C-contiguous (B, C)); see the module docstring. Adds into ``hist``
     (T, classes * n_sig1, bins) unsigned (a wrap adds one to ``spill``, int32, same shape), ``low_le`` /
@@ -149,7 +153,7 @@ def fused_block(S, row_cls, row_noisy, row_floor, t_rank, col_sig, noisy_sig, n_
                             cand_v[t, n] = x
                         n += 1
             if low_cols.size:
-                _row_low(S, r, cls, row_noisy[r], low_cols, low_ptr, low_mode, low_gptr, low_g, low_base,
+                _row_low(S, r, cls, row_noisy[r], low_cols, low_gmin, low_ptr, low_mode, low_gptr, low_g, low_base,
                          low_le[t], low_lt[t])
         cand_n[t] = n
         bad[t] = n_bad
@@ -248,6 +252,9 @@ class FusedKernel:
         self.low_gptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.low_g = (np.concatenate([s[3] for s in slots]) if slots else np.empty(0)).astype(np.float32)
         self.low_base = (self.low_gptr[:-1] + np.arange(len(slots))).astype(np.int64)  # m + 1 positions each
+        slot_min = self.low_g[self.low_gptr[:-1]] if slots else np.empty(0, np.float32)  # ascending: first is min
+        self.low_gmin = np.array([slot_min[self.low_ptr[c]:self.low_ptr[c + 1]].min() for c in self.low_cols.tolist()],
+                                 np.float32).reshape(-1)
         n_pos = int(self.low_gptr[-1]) + len(slots)
         # trial q (flat) at position j of slot s: #{s >= g_j} = suffix of the counts from base + j + 1
         self.q_mid = np.concatenate([self.low_base[s] + 1 + np.arange(sizes[s]) for s in range(len(slots))]
@@ -272,7 +279,8 @@ class FusedKernel:
         cand_n = np.zeros(t, np.int64)
         bad = np.zeros(t, np.int64)
         fused_block(x, row_class, row_noisy, row_floor, acc.t_rank, self.col_sig, self.noisy_sig, self.n_sig1,
-                    self.lo, self.span, self.nb, self.hist, self.spill, self.low_cols, self.low_ptr, self.low_mode,
+                    self.lo, self.span, self.nb, self.hist, self.spill, self.low_cols, self.low_gmin, self.low_ptr,
+                    self.low_mode,
                     self.low_gptr, self.low_g, self.low_base, self.low_le, self.low_lt, self.cand_r, self.cand_c,
                     self.cand_v, cand_n, bad, self.bins)
         self.pending += n_rows * n_cols

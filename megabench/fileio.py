@@ -8,6 +8,8 @@
 - :class:`RunFiles`: remember files this run created; delete only those (same inode).
 - :func:`resolve_inside`: a path named by a data file (store ``paths``, pair lists, devkit lists) must
   resolve inside its root, or it is refused.
+- :func:`sha256_file`, :class:`BackgroundSha256` (the same hash computed in a thread while the caller
+  does other work).
 """
 
 from __future__ import annotations
@@ -108,12 +110,50 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_bytes(path, dumps_json(obj).encode("utf-8"))
 
 
-def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> str:
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 22, *, stop: threading.Event | None = None) -> str:
+    """Hex sha256 of the file's bytes. ``stop``: when set, the hash ends early and returns "" (a cancelled
+    hash is never a result)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk_bytes):
+            if stop is not None and stop.is_set():
+                return ""
             h.update(block)
     return h.hexdigest()
+
+
+class BackgroundSha256:
+    """:func:`sha256_file` of ``path`` computed in a daemon thread from construction on.
+
+    The file read and the hash release the GIL, so a large file (a 2 GB distractor store: ~1.5 s hashing
+    when cached, several seconds from disk) is hashed while the caller parses lists and builds tables.
+    :meth:`result` waits and returns the hex digest, or raises the thread's error (e.g. a missing file)
+    unchanged; :meth:`cancel` stops the thread at its next chunk (the caller gave up: its own error wins).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._stop = threading.Event()
+        self._outcome: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._run, name=f"sha256 {self.path.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._outcome["hex"] = sha256_file(self.path, stop=self._stop)
+        except BaseException as exc:  # re-raised by result()
+            self._outcome["error"] = exc
+
+    def result(self) -> str:
+        self._thread.join()
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        if not self._outcome.get("hex"):
+            raise RuntimeError(f"the hash of {self.path} was cancelled before it finished")
+        return self._outcome["hex"]
+
+    def cancel(self) -> None:
+        self._stop.set()
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -129,3 +129,37 @@ def test_resolve_inside_accepts_inside_paths(tmp_path):
     assert resolve_inside(root, "a/b.bin", source="s") == (root / "a" / "b.bin").resolve()
     assert resolve_inside(root, "a/../c.bin", source="s") == (root / "c.bin").resolve()
     assert resolve_inside(root, str(root / "a" / "x"), source="s") == (root / "a" / "x").resolve()
+
+
+# ----------------------------------------------------------------------------------- background hash
+def test_background_sha256_equals_hashlib_over_the_bytes(tmp_path):
+    import hashlib
+
+    from megabench.fileio import BackgroundSha256
+
+    data = os.urandom(3 * (1 << 22) + 17)  # several chunks and a partial one
+    path = tmp_path / "store.h5"
+    path.write_bytes(data)
+    assert BackgroundSha256(path).result() == hashlib.sha256(data).hexdigest()
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert BackgroundSha256(empty).result() == hashlib.sha256(b"").hexdigest()
+
+
+def test_background_sha256_reraises_the_threads_error(tmp_path):
+    from megabench.fileio import BackgroundSha256
+
+    with pytest.raises(FileNotFoundError):
+        BackgroundSha256(tmp_path / "missing.h5").result()
+
+
+def test_background_sha256_cancel_stops_at_the_next_chunk(tmp_path):
+    import threading
+
+    from megabench.fileio import sha256_file
+
+    path = tmp_path / "big"
+    path.write_bytes(b"x" * (4 * 1024))
+    stop = threading.Event()
+    stop.set()
+    assert sha256_file(path, chunk_bytes=1024, stop=stop) == ""  # a cancelled hash is never a digest

@@ -293,7 +293,10 @@ def test_result_schema_devkit_json_and_table(tmp_path):
     assert set(s["verification"]["tar_at_far"]["1e-03"]) >= {"tar", "threshold", "far", "n_impostors",
                                                              "n_genuine", "ci95"}
     assert set(back["noise"]) >= {"facescrub_matched", "megaface_matched", "lists_sha256"}
-    assert back["input"]["probes"]["sha256"] and back["input"]["distractors"]["sha256"]
+    from megabench.fileio import sha256_file
+
+    assert back["input"]["probes"]["sha256"] == sha256_file(tmp_path / "probes.h5")
+    assert back["input"]["distractors"]["sha256"] == sha256_file(tmp_path / "dist.h5")  # hashed in a thread
     files = write_devkit_json(res, tmp_path / "dk", "test")
     assert len(files) == 6
     dk = json.loads((tmp_path / "dk" / "raw" / "cmc_facescrub_megaface_test_300_1.json").read_text())

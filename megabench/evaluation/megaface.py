@@ -733,7 +733,8 @@ def check_overlap(probes: Probes, store_paths: list[str], membership: Membership
 
 @dataclass
 class MegafaceInputs:
-    """Everything read before the pass: probes, the open distractor store, membership, noise, a sample."""
+    """Everything read before the pass: probes, the open distractor store, membership, noise, a sample,
+    and the distractor store's sha256 (hashed in a thread while the rest was read: :meth:`distractors_sha256`)."""
 
     probes: Probes
     store: Any  # an open FeatureStore (close with :meth:`close`)
@@ -742,17 +743,28 @@ class MegafaceInputs:
     lists_sha: dict[str, str]
     noise: NoiseMatch
     sample_scores: np.ndarray
+    store_hash: Any  # megabench.fileio.BackgroundSha256 of the store file
+
+    def distractors_sha256(self) -> str:
+        return self.store_hash.result()
 
     def close(self) -> None:
+        self.store_hash.cancel()
         self.store.close()
 
 
 def load_inputs(spec: MegafaceSpec, opts: MegafaceOptions) -> MegafaceInputs:
     """Read and cross-check the inputs of a run (``opts`` resolved); the caller closes the store."""
     from megabench.data.megaface_io import open_store
+    from megabench.fileio import BackgroundSha256
 
-    probes = load_probes(opts.probes, opts.probe_list)
-    store = open_store(opts.distractors, "--distractors")
+    store_hash = BackgroundSha256(opts.distractors)  # the largest input: hashed while the rest is read
+    try:
+        probes = load_probes(opts.probes, opts.probe_list)
+        store = open_store(opts.distractors, "--distractors")
+    except BaseException:
+        store_hash.cancel()
+        raise
     try:
         if store.dim != probes.features.shape[1]:
             raise DataError(f"{opts.distractors}: distractor features have dimension {store.dim} but the probes "
@@ -764,9 +776,10 @@ def load_inputs(spec: MegafaceSpec, opts: MegafaceOptions) -> MegafaceInputs:
         check_overlap(probes, store_paths, membership, sample, str(opts.distractors))
         noise = match_noise(spec, opts, probes.paths, store_paths, membership)
     except BaseException:
+        store_hash.cancel()
         store.close()
         raise
-    return MegafaceInputs(probes, store, store_paths, membership, lists_sha, noise, sample)
+    return MegafaceInputs(probes, store, store_paths, membership, lists_sha, noise, sample, store_hash)
 
 
 def run_fingerprint(spec: MegafaceSpec, opts: MegafaceOptions, inputs: MegafaceInputs, stack: Stack, k: int,
@@ -774,7 +787,7 @@ def run_fingerprint(spec: MegafaceSpec, opts: MegafaceOptions, inputs: MegafaceI
     """sha256 over everything that changes the accumulator state; returns (hex, the hashed dict)."""
     import torch
 
-    src = {"probes": _sha_or_none(opts.probes), "distractors": inputs.store.sha256(),
+    src = {"probes": _sha_or_none(opts.probes), "distractors": inputs.distractors_sha256(),
            "probe_list": _sha_or_none(opts.probe_list), "distractor_lists": inputs.lists_sha,
            "noise": inputs.noise.report.get("lists_sha256"), "spec": spec.sha256 or repr(spec),
            "sizes": inputs.membership.sizes, "membership": inputs.membership.source, "seed": opts.seed,

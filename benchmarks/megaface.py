@@ -44,6 +44,8 @@ if "prefetch" in getattr(mfe.MegafaceOptions, "__dataclass_fields__", {}):  # --
     kw["prefetch"] = args["prefetch"]
 if args["backend"] != "default":
     kw["backend"] = args["backend"]
+if args["device"] != "cpu":
+    kw["device"] = args["device"]
 t = time.perf_counter()
 if hasattr(mfe, "MegafaceOptions"):  # run_megaface(spec, options)
     opts = mfe.MegafaceOptions(probes=args["probes"], distractors=args["distractors"], **kw)
@@ -61,8 +63,9 @@ print(json.dumps({"wall": wall, "timings": res["timings"], "peak_rss_mb": peak, 
 
 
 def run_engine(folder: Path, sizes: list[int], block_rows: int, refine: str = "insightface",
-               kernel: str = "auto", prefetch: bool = True, backend: str = "default") -> dict:
-    args = {"kernel": kernel, "prefetch": prefetch, "backend": backend, "probes": str(folder / "facescrub.h5"),
+               kernel: str = "auto", prefetch: bool = True, backend: str = "default", device: str = "cpu") -> dict:
+    args = {"kernel": kernel, "prefetch": prefetch, "backend": backend, "device": device,
+            "probes": str(folder / "facescrub.h5"),
             "distractors": str(folder / "megaface.h5"),
             "probe_list": str(folder / "facescrub_features_list.json"), "lists": str(folder / "lists"),
             "sizes": sizes, "fs": str(folder / "facescrub_noises.txt"), "mf": str(folder / "megaface_noises.txt"),
@@ -80,15 +83,18 @@ def load_normalised(store: Path, n: int | None = None) -> np.ndarray:
     return x
 
 
-def bare_gemm(probes, x: np.ndarray, block_rows: int) -> float:
-    """The engine's GEMM alone (torch.matmul, same blocks), features in memory and normalised."""
+def bare_gemm(probes, x: np.ndarray, block_rows: int, device: str = "cpu") -> float:
+    """torch.matmul alone over the same blocks, features in (host) memory and normalised; on a GPU each
+    block is copied to the device first, as the engine does."""
     import torch
 
-    p = torch.from_numpy(probes)
+    p = torch.from_numpy(probes).to(device)
     t = time.perf_counter()
     for lo in range(0, x.shape[0], block_rows):
-        s = torch.from_numpy(x[lo:lo + block_rows]) @ p.T
+        s = torch.from_numpy(x[lo:lo + block_rows]).to(device) @ p.T
         del s
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     return time.perf_counter() - t
 
 
@@ -175,6 +181,7 @@ def main() -> None:
                     help="the engine reads the next block in a worker thread (off: serial, as before issue 11)")
     ap.add_argument("--backend", default="auto", choices=["auto", "torch", "numpy"],
                     help="the engine's GEMM library (auto: numpy on the CPU); the floor uses the same")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]: the engine's device (the torch floor runs there)")
     ap.add_argument("--breakdown-blocks", type=int, default=6, help="blocks timed in the per-block breakdown")
     a = ap.parse_args()
 
@@ -221,11 +228,12 @@ def bench_floor(a, folder: Path) -> None:
     sizes = [s for s in STANDARD_SIZES if s <= a.distractors] or [a.distractors]
     pr = load_probes(folder / "facescrub.h5", folder / "facescrub_features_list.json")
     x = load_normalised(folder / "megaface.h5")
-    gemm_t = [bare_gemm(pr.features, x, a.block_rows)]  # floors before and after: the machine may be shared
+    gemm_t = [bare_gemm(pr.features, x, a.block_rows, a.device)]  # floors before and after: machine may be shared
     gemm_np = [bare_gemm_numpy(pr.features, x, a.block_rows)]
-    eng = run_engine(folder, sizes, a.block_rows, kernel=a.kernel, prefetch=a.prefetch == "on", backend=a.backend)
+    eng = run_engine(folder, sizes, a.block_rows, kernel=a.kernel, prefetch=a.prefetch == "on", backend=a.backend,
+                     device=a.device)
     for _ in range(max(1, a.repeats - 1)):
-        gemm_t.append(bare_gemm(pr.features, x, a.block_rows))
+        gemm_t.append(bare_gemm(pr.features, x, a.block_rows, a.device))
         gemm_np.append(bare_gemm_numpy(pr.features, x, a.block_rows))
     used = eng.get("backend", "torch")
     lib = {"torch": ("torch", gemm_t), "numpy": ("numpy", gemm_np)}
@@ -234,7 +242,7 @@ def bench_floor(a, folder: Path) -> None:
     best = min(floor, floor_o)
     load = os.getloadavg()
     print(f"== {len(pr.paths)} probes x {a.distractors:,} distractors x {a.dim} (block {a.block_rows}, "
-          f"kernel {a.kernel}, prefetch {a.prefetch}, GEMM {used}) ==")
+          f"kernel {a.kernel}, prefetch {a.prefetch}, GEMM {used} on {a.device}) ==")
     print(f"machine load average (1, 5, 15 min): {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs")
     print(f"bare blocked GEMM      : median {floor:.1f}s of {[round(g, 1) for g in gemm]} ({name}, as the engine)")
     print(f"{other:>5} blocked GEMM    : median {floor_o:.1f}s of {[round(g, 1) for g in gemm_o]}")
@@ -249,7 +257,7 @@ def bench_floor(a, folder: Path) -> None:
     print(f"rank-1 raw/refined at largest size: {json.dumps(eng['sizes'][str(sizes[-1])])}")
     if a.breakdown_blocks > 0:
         n = min(a.breakdown_blocks, x.shape[0] // a.block_rows - 1)
-        if n > 0:
+        if n > 0 and a.device == "cpu":
             block_breakdown(folder, x, a.block_rows, n, ["torch", "fused"] if a.kernel != "torch" else ["torch"])
     del x
 

@@ -199,3 +199,27 @@ def test_a_killed_save_leaves_temporaries_that_the_next_run_removes(tmp_path):
         p.write_bytes(b"x")
     assert sorted(remove_state_temporaries(state)) == sorted(ours)
     assert all(p.exists() for p in others) and not any(p.exists() for p in ours)
+
+
+# ---------------------------------------------------------------------------- membership from lists
+def test_membership_from_lists_by_definition():
+    from megabench.evaluation.megaface import membership_from_lists
+
+    store = ["a", "b", "c", "d", "e"]
+    m = membership_from_lists(store, {1: ["c"], 3: ["c", "a", "e"]}, "lists")
+    # class = the set of sizes holding the row: "c" in both, "a"/"e" only in size 3, "b"/"d" in none (-1)
+    in_both, only_3 = m.row_class[2], m.row_class[0]
+    assert m.row_class[1] == m.row_class[3] == -1 and m.row_class[4] == only_3 != in_both
+    assert m.class_masks[in_both] == 0b11 and m.class_masks[only_3] == 0b10
+
+
+@pytest.mark.parametrize("store, lists, message", [
+    (["a", "b"], {2: ["a", "z"]}, r"1 of 2 paths of the size-2 list have no feature .*\['z'\]"),
+    (["a", "b", "a"], {1: ["a"]}, r"1 paths of the size-1 list occur more than once in the distractor store"),
+    (["a", "b"], {2: ["b", "b"]}, r"the size-2 list names some images twice"),
+])
+def test_membership_from_lists_refuses(store, lists, message):
+    from megabench.evaluation.megaface import membership_from_lists
+
+    with pytest.raises(DataError, match=message):
+        membership_from_lists(store, lists, "lists")

@@ -60,6 +60,8 @@ def _read_json(path: Path) -> dict:
 
 def duplicates(items: Sequence[str]) -> list[str]:
     """The entries that occur more than once, in order of their second occurrence (each once)."""
+    if len(set(items)) == len(items):  # the common case, in C: 1M paths in ~0.1 s
+        return []
     seen: set[str] = set()
     dup: dict[str, None] = {}
     for x in items:

@@ -312,20 +312,21 @@ def membership_from_lists(store_paths: list[str], lists: dict[int, list[str]], s
     from megabench.data.megaface_io import duplicates
 
     index = {p: i for i, p in enumerate(store_paths)}
-    repeated = set(duplicates(store_paths))
+    for p in duplicates(store_paths):
+        index[p] = -2  # a path the store holds twice: refused if a list names it
     sizes = sorted(lists)
     rows = []
     for s in sizes:
-        missing = [p for p in lists[s] if p not in index]
+        r = np.fromiter((index.get(p, -1) for p in lists[s]), dtype=np.int64, count=len(lists[s]))
+        missing = [lists[s][i] for i in np.flatnonzero(r == -1)]
         if missing:
             raise DataError(f"{source}: {len(missing)} of {len(lists[s])} paths of the size-{s} list have no feature "
                             f"in the distractor store (first: {missing[:5]}); convert or extract them")
-        ambiguous = [p for p in lists[s] if p in repeated]
+        ambiguous = [lists[s][i] for i in np.flatnonzero(r == -2)]
         if ambiguous:
             raise DataError(f"{source}: {len(ambiguous)} paths of the size-{s} list occur more than once in the "
                             f"distractor store (first: {ambiguous[:5]}); fix the store's `paths`")
-        r = np.array([index[p] for p in lists[s]], dtype=np.int64)
-        if np.unique(r).size != r.size:
+        if r.size and np.bincount(r, minlength=len(store_paths)).max() > 1:
             raise DataError(f"{source}: the size-{s} list names some images twice")
         rows.append(r)
     return _membership_from_rows(sizes, rows, len(store_paths), "lists")

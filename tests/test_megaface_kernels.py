@@ -236,12 +236,14 @@ def test_fused_binning_equals_torch_histc_at_bin_edges():
 def test_fused_histogram_partials_flush_before_int32_overflow(monkeypatch):
     from megabench.metrics import kernels_numba
 
-    monkeypatch.setattr(kernels_numba, "INT32_SAFE", 250)  # flush after every ~2 blocks of 10 x 12 scores
+    monkeypatch.setattr(kernels_numba, "HIST_DTYPE", np.uint8)
+    monkeypatch.setattr(kernels_numba, "INT32_SAFE", 1)  # spill holds 1: flush after 256 scores (~2 blocks of 10 x 12)
     rng = np.random.default_rng(12)
     stack, plans = make_plans(rng, "keep", 0.0)
     blocks = make_blocks(rng, stack, 100, 2, 10)
     f = feed("fused", plans, blocks, 2, 20)
-    assert f._kernel.timings.get("flush", 0) > 0 and f._kernel.pending <= 250
+    assert f._kernel.flush_limit == 256
+    assert f._kernel.timings.get("flush", 0) > 0 and f._kernel.pending <= 256
     assert_same_state(f, feed("torch", plans, blocks, 2, 20))
 
 
@@ -268,7 +270,7 @@ def test_fused_low_trials_skip_scores_below_every_low_genuine(monkeypatch):
     stack, plans = make_plans(rng, "keep", 0.9)
     blocks = make_blocks(rng, stack, 300, 2, 50)
     f = feed("fused", plans, blocks, 2, 20)
-    assert f._kernel.low_slots
+    assert f._kernel.q_u.size
     assert_same_state(f, feed("torch", plans, blocks, 2, 20))
 
 

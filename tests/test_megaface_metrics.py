@@ -121,6 +121,33 @@ def test_tar_at_far_histogram_resolved_brackets_the_exact_threshold():
     assert tar_at_far(s, gen, 1e-3).exact  # k = 50 <= 100 kept
 
 
+def test_histogram_lookups_equal_their_definitions():
+    """``hist_bin_of_kth`` / ``hist_count_from`` (one cached cumulative sum) against the direct formulas."""
+    rng = np.random.default_rng(5)
+    s = _summary(_quantised(rng, 5_000), keep=10)
+    for k in (1, 2, 17, 999, 4_999, 5_000):
+        b = s.hist_bin_of_kth(k)
+        assert s.hist[b:].sum() >= k > s.hist[b + 1:].sum()  # the last bin whose tail holds k scores
+    for b in (0, 1, 100, s.hist.size // 2, s.hist.size - 1, s.hist.size):
+        assert s.hist_count_from(b) == s.hist[b:].sum()
+
+
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_merge_top_equals_sorting_everything(k):
+    """The k largest of kept + new, sorted descending, over many random splits with ties and +-0.0."""
+    from megabench.metrics.streaming import merge_top
+
+    rng = np.random.default_rng(k)
+    for _ in range(200):
+        kept = -np.sort(-rng.integers(-4, 5, rng.integers(0, k + 1)).astype(np.float32) / 4)
+        new = rng.integers(-4, 5, rng.integers(0, 3 * k + 1)).astype(np.float32) / 4
+        new[rng.random(new.size) < 0.1] = -0.0
+        got = merge_top(kept, new, k)
+        ref = -np.sort(-np.concatenate([kept, new]))[:k]
+        np.testing.assert_array_equal(got, ref)
+        assert got.dtype == np.float32
+
+
 def test_masked_impostors_count_in_n_but_never_accept():
     imp = np.array([0.5, 0.1, -0.2], np.float32)
     s = ImpostorSummary(-np.sort(-imp), 10, _summary(imp).hist, HS.lo, HS.width)  # 7 masked (-inf) impostors

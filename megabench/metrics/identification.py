@@ -18,6 +18,7 @@ import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
+from functools import cached_property
 
 import numpy as np
 
@@ -110,13 +111,18 @@ class ImpostorSummary:
         asc = self.top[::-1]
         return int(asc.size - np.searchsorted(asc, np.float32(t), side="left"))
 
+    @cached_property
+    def hist_ge(self) -> np.ndarray:
+        """``hist_ge[b]`` = #{finite scores in bins >= b}: non-increasing int64, computed once per summary."""
+        return np.cumsum(self.hist[::-1])[::-1]
+
     def hist_bin_of_kth(self, k: int) -> int:
         """Index of the bin holding the k-th largest finite impostor (1-based k <= n_finite)."""
-        ge = np.cumsum(self.hist[::-1])[::-1]  # ge[b] = #{scores in bins >= b}
-        return int(np.flatnonzero(ge >= k)[-1])
+        ge = self.hist_ge
+        return int(ge.size - np.searchsorted(ge[::-1], k, side="left") - 1)  # the last bin with ge >= k
 
     def hist_count_from(self, b: int) -> int:
-        return int(self.hist[b:].sum())
+        return int(self.hist_ge[b]) if b < self.hist_ge.size else 0
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,20 @@ all the accumulator needs from it:
   bin of an int32 spill histogram (65536 each; its pages are touched only where a bin wraps). uint16 halves
   the cache footprint of the scattered increments (measured: 0.022 s vs 0.037 s per 8192 x 3555 block).
   Partials are merged into the int64 state by :meth:`FusedKernel.flush` (before any state read, and before
-  an int32 spill count could overflow);
+  an int32 spill count could overflow: 2**31 wraps of one bin); the spill is read only for the (thread,
+  slot) pairs marked as having wrapped;
 - candidates: scores above the row's top-K floor (the class's running K-th largest) or at/above the
   column's lowest high genuine score (rank and tie updates), written to per-thread buffers;
-- the low trials (genuine score below the dense cut): the score's position among the column's sorted low
-  genuine scores (``#{g <= s}`` and ``#{g < s}``), counted per class; suffix sums give ``#{s >= g}`` and
-  ``#{s == g}`` exactly. Position 0 (a score below every low genuine score of the column, the common case)
-  is never read by those sums, so it is not counted: one compare per score.
+- the low trials (genuine score below the dense cut): counted densely, ``#{s >= g}`` and ``#{s > g}`` per
+  trial and class. A clean row's scores in the columns that hold low trials are copied into a per-thread
+  tile (columns x ``TILE_ROWS`` rows of one class, transposed) while the row is in cache; a full tile is
+  counted trial by trial over its contiguous rows (vectorised compares, no branch on the score). Noisy
+  rows take a scalar path that applies each trial's noise mode. Measured per 8192 x 3555 block at 1M:
+  0.007 s, vs 0.034 s for the earlier per-score binary search among each column's low scores.
 
-Rows are split into one chunk per thread (``prange``), each thread writing only its own partials, so no
-update is shared. The candidates go through the accumulator's own numpy code, as with the torch kernel,
+The block's rows are visited in (class, noisy) order (``order``; the rows themselves stay where they are),
+split into one chunk per thread (``prange``), each thread writing only its own partials, so no update is
+shared. The candidates go through the accumulator's own numpy code, as with the torch kernel,
 so the state is bit-identical to :class:`~megabench.metrics.kernels_torch.TorchKernel`'s.
 """
 
@@ -39,30 +43,10 @@ HIST_DTYPE = np.uint16
 INT32_SAFE = (1 << 31) - 1
 #: a young class's rows are pre-scanned (doubling chunks) until the pass should find fewer top candidates
 PRE_LIMIT = 1 << 15
+#: rows per low-trial tile (a tile holds len(low_cols) x TILE_ROWS float32 per thread)
+TILE_ROWS = 32
 
 _MODE_CODE = {"keep": 0, "neginf": 1, "zero": 2, "drop": 3}
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _count_le_lt(g, a, b, v):
-    """(#{g[a:b] <= v}, #{g[a:b] < v}) for ascending float32 g: binary search down to a short run, then a
-    linear count (the slots hold a few scores each)."""
-    lo, hi = a, b
-    while hi - lo > 8:
-        mid = (lo + hi) >> 1
-        if g[mid] < v:
-            lo = mid + 1
-        else:
-            hi = mid
-    lt = lo - a  # every g[a:lo] < v
-    le = lt
-    for j in range(lo, b):
-        x = g[j]
-        if x > v:
-            break
-        le += 1
-        lt += x < v
-    return le, lt
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -80,92 +64,127 @@ def _row_bins(S, r, lo, hi, span, nb, floor, t_rank, bins):
     return n_bad, hit
 
 
-@njit(nogil=True, cache=True)
-def _row_low(S, r, cls, noisy, low_cols, low_gmin, low_ptr, low_mode, low_gptr, low_g, low_base, le_out, lt_out):
-    """Position counts of row r among the low genuine scores of each column that has some (``low_gmin``: the
-    lowest of them per column, in ``low_cols`` order)."""
-    for i in range(low_cols.size):
-        c = low_cols[i]
+@njit(nogil=True, cache=True, inline="always")
+def _row_hist(b, sig, hbase, hist, spill, wrapped):
+    """One increment per column into the partial histogram of its variant set (``hbase + sig``); a counter
+    that wraps to 0 adds one to the same bin of ``spill`` and marks its slot in ``wrapped``."""
+    last_bin = hist.shape[1] - 1
+    for c in range(b.size):
+        if sig[c] != 0:
+            slot = hbase + sig[c]
+            j = min(b[c], last_bin)
+            hist[slot, j] += 1
+            if hist[slot, j] == 0:  # wrapped
+                spill[slot, j] += 1
+                wrapped[slot] = 1
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _row_candidates(S, r, floor, t_rank, n, cand_r, cand_c, cand_v):
+    """Append row r's candidates (score > floor or >= the column's t_rank) from position n; returns the new
+    count (positions beyond the buffer are counted, not written)."""
+    cap = cand_r.size
+    for c in range(S.shape[1]):
         x = S[r, c]
-        if x < low_gmin[i] and not noisy:
-            continue  # position 0 in every slot of the column: one compare, contiguous tables
-        for sl in range(low_ptr[c], low_ptr[c + 1]):
-            v = x
-            if noisy:
-                mode = low_mode[sl]
-                if mode == 1 or mode == 3:
-                    continue
-                if mode == 2:
-                    v = np.float32(0.0)
-            a = low_gptr[sl]
-            if v < low_g[a]:
-                continue  # position 0 for both counts: never read (module docstring)
-            le, lt = _count_le_lt(low_g, a, low_gptr[sl + 1], v)
-            le_out[cls, low_base[sl] + le] += 1
-            lt_out[cls, low_base[sl] + lt] += 1
+        if x > floor or x >= t_rank[c]:
+            if n < cap:
+                cand_r[n] = r
+                cand_c[n] = c
+                cand_v[n] = x
+            n += 1
+    return n
+
+
+@njit(nogil=True, cache=True)
+def _tile_counts(tile, n, cls, q_u, q_g, ge, gt):
+    """Add ``#{tile[u, :n] >= g}`` / ``#{... > g}`` of each low trial (column slot u, genuine score g) of class
+    ``cls`` into ``ge`` / ``gt`` (classes, trials)."""
+    for q in range(q_u.size):
+        v = tile[q_u[q]]
+        g = q_g[q]
+        a = 0
+        b = 0
+        for k in range(n):
+            a += v[k] >= g
+            b += v[k] > g
+        ge[cls, q] += a
+        gt[cls, q] += b
+
+
+@njit(nogil=True, cache=True)
+def _noisy_low(S, r, cls, low_cols, q_u, q_g, q_mode, ge, gt):
+    """The low-trial counts of one noisy row: each trial's variant keeps the score (keep), replaces it by 0.0
+    (zero) or leaves the row out (neginf: never >= a finite g; drop)."""
+    for q in range(q_u.size):
+        mode = q_mode[q]
+        if mode == 1 or mode == 3:
+            continue
+        v = np.float32(0.0) if mode == 2 else S[r, low_cols[q_u[q]]]
+        ge[cls, q] += v >= q_g[q]
+        gt[cls, q] += v > q_g[q]
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def fused_block(S, row_cls, row_noisy, row_floor, t_rank, col_sig, noisy_sig, n_sig1, lo, span, nb,
-                hist, spill, low_cols, low_gmin, low_ptr, low_mode, low_gptr, low_g, low_base, low_le, low_lt,
+def fused_block(S, order, row_cls, row_noisy, row_floor, t_rank, col_sig, noisy_sig, n_sig1, lo, span, nb,
+                hist, spill, wrapped, low_cols, q_u, q_g, q_mode, low_ge, low_gt, tiles,
                 cand_r, cand_c, cand_v, cand_n, bad, bins):
-    """One pass over ``S`` (float32, C-contiguous (B, C)); see the module docstring. Adds into ``hist``
-    (T, classes * n_sig1, bins) unsigned (a wrap adds one to ``spill``, int32, same shape), ``low_le`` /
-    ``low_lt`` (T, classes, n) int64; writes candidates
-    (row, col, value) into ``cand_*`` (T, cap) with their count per thread in ``cand_n`` (may exceed cap)
-    and the number of NaN / out-of-range scores into ``bad`` (T,). ``bins``: (T, C) int64 scratch.
+    """One pass over ``S`` (float32, C-contiguous (B, C)), visiting the rows ``order`` (every row of class >= 0,
+    sorted by (class, noisy)); see the module docstring. Adds into ``hist`` (T, classes * n_sig1, bins)
+    unsigned (a wrap adds one to ``spill``, int32, same shape, and sets its slot in ``wrapped`` (T, slots)
+    uint8) and ``low_ge`` / ``low_gt`` (T, classes, trials) int64; writes candidates (row, col, value) into
+    ``cand_*`` (T, cap) with their count per thread in ``cand_n`` (may exceed cap) and the number of NaN /
+    out-of-range scores into ``bad`` (T,). Scratch: ``bins`` (T, C) int64, ``tiles`` (T, len(low_cols),
+    TILE_ROWS) float32.
     """
     n_threads = hist.shape[0]
-    n_rows, n_cols = S.shape
-    last_bin = hist.shape[2] - 1
-    cap = cand_r.shape[1]
+    n_order = order.size
+    n_low = low_cols.size
+    tile_rows = tiles.shape[2]
     hi = lo + span
-    chunk = (n_rows + n_threads - 1) // n_threads
+    chunk = (n_order + n_threads - 1) // n_threads
     for t in prange(n_threads):
-        r0 = t * chunk
-        r1 = min(n_rows, r0 + chunk)
+        i0 = t * chunk
+        i1 = min(n_order, i0 + chunk)
         n = 0
         n_bad = 0
         b = bins[t]
-        for r in range(r0, r1):
+        tile = tiles[t]
+        k = 0  # rows in the tile, all of class tile_cls
+        tile_cls = 0
+        for i in range(i0, i1):
+            r = order[i]
             cls = row_cls[r]
-            if cls < 0:
-                continue
             floor = row_floor[r]
             row_bad, hit = _row_bins(S, r, lo, hi, span, nb, floor, t_rank, b)
             n_bad += row_bad
-            sig = noisy_sig if row_noisy[r] else col_sig
-            hbase = cls * n_sig1 - 1
-            for c in range(n_cols):
-                if sig[c] != 0:
-                    slot = hbase + sig[c]
-                    j = min(b[c], last_bin)
-                    hist[t, slot, j] += 1
-                    if hist[t, slot, j] == 0:  # wrapped
-                        spill[t, slot, j] += 1
+            _row_hist(b, noisy_sig if row_noisy[r] else col_sig, cls * n_sig1 - 1, hist[t], spill[t],
+                      wrapped[t])
             if hit:
-                for c in range(n_cols):
-                    x = S[r, c]
-                    if x > floor or x >= t_rank[c]:
-                        if n < cap:
-                            cand_r[t, n] = r
-                            cand_c[t, n] = c
-                            cand_v[t, n] = x
-                        n += 1
-            if low_cols.size:
-                _row_low(S, r, cls, row_noisy[r], low_cols, low_gmin, low_ptr, low_mode, low_gptr, low_g, low_base,
-                         low_le[t], low_lt[t])
+                n = _row_candidates(S, r, floor, t_rank, n, cand_r[t], cand_c[t], cand_v[t])
+            if n_low:
+                if row_noisy[r]:
+                    _noisy_low(S, r, cls, low_cols, q_u, q_g, q_mode, low_ge[t], low_gt[t])
+                    continue
+                if k == tile_rows or (k > 0 and cls != tile_cls):
+                    _tile_counts(tile, k, tile_cls, q_u, q_g, low_ge[t], low_gt[t])
+                    k = 0
+                tile_cls = cls
+                for u in range(n_low):
+                    tile[u, k] = S[r, low_cols[u]]
+                k += 1
+        if k > 0:
+            _tile_counts(tile, k, tile_cls, q_u, q_g, low_ge[t], low_gt[t])
         cand_n[t] = n
         bad[t] = n_bad
 
 
 @njit(nogil=True, cache=True)
-def candidates(S, r0, r1, row_cls, row_floor, t_rank, out_r, out_c, out_v):
-    """The candidates of rows [r0, r1) alone (``fused_block``'s rule), for a chunk that overflowed its buffer."""
+def candidates(S, order, i0, i1, row_floor, t_rank, out_r, out_c, out_v):
+    """The candidates of rows ``order[i0:i1]`` alone (``fused_block``'s rule), for a chunk that overflowed its
+    buffer."""
     n = 0
-    for r in range(r0, r1):
-        if row_cls[r] < 0:
-            continue
+    for i in range(i0, i1):
+        r = order[i]
         floor = row_floor[r]
         for c in range(S.shape[1]):
             x = S[r, c]
@@ -178,9 +197,9 @@ def candidates(S, r0, r1, row_cls, row_floor, t_rank, out_r, out_c, out_v):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def merge_hist(hist, spill, wraps, out, sig_of_variant, n_sig1):
+def merge_hist(hist, spill, wrapped, wraps, out, sig_of_variant, n_sig1):
     """``out[cls] += sum over threads and over the variant sets holding variant v`` of the partials
-    (``hist + wraps * spill``; ``spill`` is read only when ``wraps``)."""
+    (``hist + wraps * spill``; ``spill`` is read only for the slots marked in ``wrapped``)."""
     n_threads, n_slots, n_bins = hist.shape
     n_classes = n_slots // n_sig1
     for j in prange(n_bins):
@@ -188,10 +207,11 @@ def merge_hist(hist, spill, wraps, out, sig_of_variant, n_sig1):
             acc = np.int64(0)
             for s in range(n_sig1):
                 if (s + 1) & sig_of_variant:
+                    slot = cls * n_sig1 + s
                     for t in range(n_threads):
-                        acc += hist[t, cls * n_sig1 + s, j]
-                        if wraps:
-                            acc += np.int64(wraps) * spill[t, cls * n_sig1 + s, j]
+                        acc += hist[t, slot, j]
+                        if wrapped[t, slot]:
+                            acc += np.int64(wraps) * spill[t, slot, j]
             out[cls, j] += acc
 
 
@@ -223,9 +243,12 @@ class FusedKernel:
         shape = (self.n_threads, acc.n_classes * self.n_sig1, hs.n_bins)
         self.hist = np.zeros(shape, HIST_DTYPE)
         self.spill = np.zeros(shape, np.int32)  # calloc'd: untouched pages cost no memory
+        self.wrapped = np.zeros(shape[:2], np.uint8)
         self.timings: dict[str, float] = {}  # seconds per step over all blocks (and the candidate count)
         self.rows_seen = np.zeros(acc.n_classes, np.int64)
         self.pending = 0  # scores added to the partials since the last flush (bounds every spill count)
+        # a spill bin counts one per 2**bits increments of its bin: int32 holds them until this many scores
+        self.flush_limit = INT32_SAFE << (8 * np.dtype(HIST_DTYPE).itemsize)
         self._build_low(acc)
         t = self.n_threads
         self.cand_r = np.empty((t, CAND_CAP), np.int64)
@@ -234,36 +257,20 @@ class FusedKernel:
         self.bins = np.empty((t, n_stack), np.int64)
 
     def _build_low(self, acc) -> None:
-        """CSR tables of the low trials: per column its slots (one per variant), per slot its ascending scores."""
-        n_stack = acc.t_rank.size
-        slots = []  # (column, plan index, mode, ascending g, trial indices into plan.low_pos order)
-        for i, p in enumerate(acc.plans):
-            for u, col in enumerate(p.low_ucols.tolist()):
-                trials = np.flatnonzero(p.low_u == u)
-                trials = trials[np.argsort(p.low_t[trials])]  # ascending genuine score
-                slots.append((col, i, _MODE_CODE[p.noise_mode], p.low_g[trials], trials))
-        slots.sort(key=lambda s: (s[0], s[1]))
-        self.low_slots = slots
-        cols = np.array([s[0] for s in slots], np.int64)
-        self.low_ptr = np.searchsorted(cols, np.arange(n_stack + 1)).astype(np.int64)
-        self.low_cols = np.unique(cols).astype(np.int64)
-        self.low_mode = np.array([s[2] for s in slots], np.int64)
-        sizes = np.array([s[3].size for s in slots], np.int64)
-        self.low_gptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self.low_g = (np.concatenate([s[3] for s in slots]) if slots else np.empty(0)).astype(np.float32)
-        self.low_base = (self.low_gptr[:-1] + np.arange(len(slots))).astype(np.int64)  # m + 1 positions each
-        slot_min = self.low_g[self.low_gptr[:-1]] if slots else np.empty(0, np.float32)  # ascending: first is min
-        self.low_gmin = np.array([slot_min[self.low_ptr[c]:self.low_ptr[c + 1]].min() for c in self.low_cols.tolist()],
-                                 np.float32).reshape(-1)
-        n_pos = int(self.low_gptr[-1]) + len(slots)
-        # trial q (flat) at position j of slot s: #{s >= g_j} = suffix of the counts from base + j + 1
-        self.q_mid = np.concatenate([self.low_base[s] + 1 + np.arange(sizes[s]) for s in range(len(slots))]
-                                    ).astype(np.int64) if slots else np.empty(0, np.int64)
-        self.q_end = np.repeat(self.low_base + sizes + 1, sizes)
-        self.q_plan = np.repeat(np.array([s[1] for s in slots], np.int64), sizes)
-        self.q_trial = np.concatenate([s[4] for s in slots]).astype(np.int64) if slots else np.empty(0, np.int64)
-        self.low_le = np.zeros((self.n_threads, acc.n_classes, max(n_pos, 1)), np.int64)
-        self.low_lt = np.zeros_like(self.low_le)
+        """The low trials of every variant, flattened: column slot ``q_u`` (into ``low_cols``), genuine score
+        ``q_g``, noise mode ``q_mode`` and where each count goes (``q_plan``, ``q_trial``: plan.low_pos order)."""
+        plans = acc.plans
+        low_cols = np.unique(np.concatenate([p.low_cols for p in plans] + [np.empty(0, np.int64)])).astype(np.int64)
+        self.low_cols = low_cols
+        self.q_u = np.concatenate([np.searchsorted(low_cols, p.low_cols) for p in plans]).astype(np.int64)
+        self.q_g = np.concatenate([p.low_g for p in plans]).astype(np.float32)
+        self.q_mode = np.concatenate([np.full(p.low_pos.size, _MODE_CODE[p.noise_mode], np.int64) for p in plans])
+        self.q_plan = np.concatenate([np.full(p.low_pos.size, i, np.int64) for i, p in enumerate(plans)])
+        self.q_trial = np.concatenate([np.arange(p.low_pos.size, dtype=np.int64) for p in plans])
+        shape = (self.n_threads, acc.n_classes, max(self.q_u.size, 1))
+        self.low_ge = np.zeros(shape, np.int64)
+        self.low_gt = np.zeros(shape, np.int64)
+        self.tiles = np.empty((self.n_threads, max(low_cols.size, 1), TILE_ROWS), np.float32)
 
     # --- update -------------------------------------------------------------------------------
     def update(self, acc, S, row_class: np.ndarray, row_noisy: np.ndarray) -> None:
@@ -271,18 +278,19 @@ class FusedKernel:
         t0 = time.perf_counter()
         x = np.ascontiguousarray(S.numpy(), dtype=np.float32)
         n_rows, n_cols = x.shape
-        if self.pending + n_rows * n_cols > INT32_SAFE:
+        if self.pending + n_rows * n_cols > self.flush_limit:
             self.flush(acc)
         row_floor, pre = self._fill_tops(acc, x, row_class, row_noisy)
+        order = np.flatnonzero(row_class >= 0)
+        order = order[np.argsort(row_class[order] * 2 + row_noisy[order], kind="stable")]
         t1 = time.perf_counter()
         t = self.n_threads
         cand_n = np.zeros(t, np.int64)
         bad = np.zeros(t, np.int64)
-        fused_block(x, row_class, row_noisy, row_floor, acc.t_rank, self.col_sig, self.noisy_sig, self.n_sig1,
-                    self.lo, self.span, self.nb, self.hist, self.spill, self.low_cols, self.low_gmin, self.low_ptr,
-                    self.low_mode,
-                    self.low_gptr, self.low_g, self.low_base, self.low_le, self.low_lt, self.cand_r, self.cand_c,
-                    self.cand_v, cand_n, bad, self.bins)
+        fused_block(x, order, row_class, row_noisy, row_floor, acc.t_rank, self.col_sig, self.noisy_sig, self.n_sig1,
+                    self.lo, self.span, self.nb, self.hist, self.spill, self.wrapped, self.low_cols, self.q_u, self.q_g,
+                    self.q_mode, self.low_ge, self.low_gt, self.tiles, self.cand_r, self.cand_c, self.cand_v, cand_n,
+                    bad, self.bins)
         self.pending += n_rows * n_cols
         t2 = time.perf_counter()
         if bad.sum():
@@ -290,7 +298,7 @@ class FusedKernel:
             raise ValueError(f"{int(bad.sum())} scores are NaN or outside [{hs.lo:.4f}, {hs.hi:.4f}]; features "
                              "must be finite and L2-normalised")
         self._add_zero_rows(acc, row_class, row_noisy)
-        rows, cols, vals = self._gather_candidates(x, cand_n, row_class, row_floor, acc.t_rank)
+        rows, cols, vals = self._gather_candidates(x, order, cand_n, row_floor, acc.t_rank)
         self._add_low(acc)
         is_top = vals > row_floor[rows]
         tr, tc, tv = rows[is_top], cols[is_top], vals[is_top]
@@ -344,8 +352,8 @@ class FusedKernel:
             self.rows_seen[cls] += rows_c.size
         return row_floor, pre
 
-    def _gather_candidates(self, x, cand_n, row_class, row_floor, t_rank):
-        chunk = -(-x.shape[0] // self.n_threads)
+    def _gather_candidates(self, x, order, cand_n, row_floor, t_rank):
+        chunk = -(-order.size // self.n_threads)
         rs, cs, vs = [], [], []
         for t in range(self.n_threads):
             n = int(cand_n[t])
@@ -354,29 +362,23 @@ class FusedKernel:
                 cs.append(self.cand_c[t, :n].copy())
                 vs.append(self.cand_v[t, :n].copy())
                 continue
-            r0, r1 = t * chunk, min(x.shape[0], (t + 1) * chunk)
             out_r, out_c = np.empty(n, np.int64), np.empty(n, np.int64)
             out_v = np.empty(n, np.float32)
-            m = candidates(x, r0, r1, row_class, row_floor, t_rank, out_r, out_c, out_v)
+            m = candidates(x, order, t * chunk, min(order.size, (t + 1) * chunk), row_floor, t_rank, out_r, out_c,
+                           out_v)
             rs.append(out_r[:m])
             cs.append(out_c[:m])
             vs.append(out_v[:m])
         return np.concatenate(rs), np.concatenate(cs), np.concatenate(vs)
 
     def _add_low(self, acc) -> None:
-        """Turn this block's position counts into #{s >= g} and #{s == g} per low trial and class."""
-        if not self.low_slots:
+        """Add this block's low-trial counts: ``low_ge`` = #{s >= g}, ``low_eq`` = #{s >= g} - #{s > g}."""
+        if not self.q_u.size:
             return
-        le = self.low_le.sum(axis=0)
-        lt = self.low_lt.sum(axis=0)
-        self.low_le[:] = 0
-        self.low_lt[:] = 0
-        c = le.shape[0]
-        zero = np.zeros((c, 1), np.int64)
-        p_le = np.concatenate([zero, np.cumsum(le, axis=1)], axis=1)
-        p_lt = np.concatenate([zero, np.cumsum(lt, axis=1)], axis=1)
-        ge = p_le[:, self.q_end] - p_le[:, self.q_mid]
-        gt = p_lt[:, self.q_end] - p_lt[:, self.q_mid]
+        ge = self.low_ge.sum(axis=0)[:, :self.q_u.size]
+        gt = self.low_gt.sum(axis=0)[:, :self.q_u.size]
+        self.low_ge[:] = 0
+        self.low_gt[:] = 0
         for i, p in enumerate(acc.plans):
             sel = self.q_plan == i
             if sel.any():
@@ -390,12 +392,12 @@ class FusedKernel:
             return
         t0 = time.perf_counter()
         wraps = 1 << (8 * self.hist.itemsize)
-        spilled = self.pending >= wraps  # a bin can have wrapped only after that many increments
         for i, p in enumerate(acc.plans):
-            merge_hist(self.hist, self.spill, wraps if spilled else 0, acc._state[p.name]["hist"], 1 << i,
-                       self.n_sig1)
-        self.hist[:] = 0
-        if spilled:
-            self.spill = np.zeros_like(self.spill)  # a fresh calloc: zeroing in place would touch every page
+            merge_hist(self.hist, self.spill, self.wrapped, wraps, acc._state[p.name]["hist"], 1 << i, self.n_sig1)
+        # fresh callocs: zeroing in place would touch every page now (the pass touches only the bins it uses)
+        self.hist = np.zeros_like(self.hist)
+        if self.wrapped.any():
+            self.spill = np.zeros_like(self.spill)
+            self.wrapped[:] = 0
         self.pending = 0
         self.timings["flush"] = self.timings.get("flush", 0.0) + time.perf_counter() - t0

@@ -129,13 +129,22 @@ def trial_keys(cols: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 
 def merge_top(top: np.ndarray, new: np.ndarray, k: int) -> np.ndarray:
-    """The ``k`` largest of ``top`` and ``new`` (float32), sorted descending."""
+    """The ``k`` largest of ``top`` (float32, sorted descending, at most ``k``) and ``new`` (any order),
+    sorted descending.
+
+    Only ``new`` is sorted (after dropping what cannot enter a full ``top``); the two sorted runs are merged
+    in O(k): a block's few candidates cost far less than re-sorting the k kept values.
+    """
+    new = new.astype(np.float32, copy=False)
+    if top.size >= k and new.size:
+        new = new[new > top[k - 1]]  # an equal value would not change the kept values
     if new.size == 0:
         return top
-    v = np.concatenate([top, new.astype(np.float32, copy=False)])
-    if v.size > k:
-        v = np.partition(v, v.size - k)[v.size - k:]
-    return -np.sort(-v)
+    if new.size > k:
+        new = np.partition(new, new.size - k)[new.size - k:]
+    new = -np.sort(-new)
+    at = np.searchsorted(-top, -new, side="right")  # after the equal kept values: any order of equals is the same
+    return np.insert(top, at, new)[:k]
 
 
 @dataclass(frozen=True)

@@ -354,3 +354,23 @@ def test_numpy_backend_scores_equal_torch_on_exact_data():
     np.testing.assert_array_equal(b.numpy(), (x.astype(np.float64) @ probes.T.astype(np.float64)).astype(np.float32))
     with pytest.raises(DataError, match="CPU only"):
         make_backend("numpy", probes, "cuda")
+
+
+def test_young_threshold_is_a_lower_bound_of_the_kth_largest_within_two_bins():
+    """tau: at least k of the chosen scores are >= tau (so the k-th largest of any superset is >= tau) and it
+    lies at most two histogram bins below the exact k-th largest; fewer than k scores in range: -inf."""
+    from megabench.metrics.kernels_numba import young_threshold
+
+    rng = np.random.default_rng(21)
+    S = np.clip(rng.normal(0, 0.3, (300, 40)), -1.2, 1.2).astype(np.float32)
+    S[::7, 3] = np.float32(0.5)  # ties
+    rows, cols = np.sort(rng.choice(300, 120, replace=False)), np.sort(rng.choice(40, 25, replace=False))
+    vals = np.sort(S[np.ix_(rows, cols)].ravel())[::-1]
+    in_range = vals[(vals >= -1) & (vals <= 1)]
+    for n_bins in (64, 1 << 16):
+        width = 2.0 / n_bins
+        for k in (1, 7, 100, 1500, in_range.size):
+            tau = young_threshold(S, rows, cols, k, n_bins, 2)
+            assert (vals >= tau).sum() >= k
+            assert in_range[k - 1] - 2 * width <= tau <= in_range[k - 1]
+        assert young_threshold(S, rows, cols, in_range.size + 1, n_bins, 3) == -np.inf

@@ -223,3 +223,42 @@ def test_membership_from_lists_refuses(store, lists, message):
 
     with pytest.raises(DataError, match=message):
         membership_from_lists(store, lists, "lists")
+
+
+# ---------------------------------------------------------------------------- path matching by definition
+def test_megaface_noise_matching_equals_its_definition():
+    """A store path is noise when, with ``\\`` read as ``/``, it is an entry or ends with ``/<entry>``; file
+    names shared by other folders, deeper and shallower entries, and Windows separators included."""
+    from megabench.data.megaface_io import match_megaface_noise
+
+    rng = np.random.default_rng(3)
+    names = [f"{i}_0.jpg" for i in range(6)]
+    dirs = ["375/1@N00", "375/2@N00", "FlickrFinal2/375/1@N00", "9/9@N00"]
+    paths = sorted({f"{rng.choice(dirs)}/{rng.choice(names)}" for _ in range(80)})
+    paths = [p.replace("/", "\\") if i % 5 == 0 else p for i, p in enumerate(paths)]
+    noise = ["375/1@N00/1_0.jpg", "./2@N00/2_0.jpg", "3_0.jpg", "FlickrFinal2/375/1@N00/4_0.jpg", "7_0.jpg"]
+    entries = {n.strip().lstrip("./") for n in noise}
+
+    def is_noise(p):
+        q = p.replace("\\", "/")
+        return any(q == e or q.endswith("/" + e) for e in entries)
+
+    mask, matched = match_megaface_noise(paths, noise)
+    assert mask.tolist() == [is_noise(p) for p in paths] and mask.any() and not mask.all()
+    assert matched == sum(any(is_noise(p) and (p.replace("\\", "/") + "#").endswith(e + "#") for p in paths)
+                          for e in entries)
+
+
+def test_overlap_check_refuses_only_probe_paths_in_use():
+    from megabench.evaluation.megaface import Membership, Probes, check_overlap
+
+    probes = Probes(np.eye(3, 4, dtype=np.float32), np.arange(3), ["f/a.png", "f/b.png", "f/c.png"])
+    store = ["m/1.jpg", "f/b.png", "m/2.jpg", "f/c.png"]
+    sample = np.zeros((0, 3), np.float32)
+
+    def membership(row_class):
+        return Membership([2], np.array(row_class), np.array([1]), "lists")
+
+    check_overlap(probes, store, membership([0, -1, 0, -1]), sample, "d.h5")  # shared paths, none used: fine
+    with pytest.raises(DataError, match=r"d.h5: 1 distractor path\(s\) are probe paths \(first: \['f/c.png'\]\)"):
+        check_overlap(probes, store, membership([0, -1, -1, 0]), sample, "d.h5")

@@ -242,8 +242,13 @@ class FeatureStore:
         """Row names (``paths``), or the row indices as strings when the store has none."""
         if "paths" not in self._h5:
             return [str(i) for i in range(self.n)]
+        raw = self._h5["paths"][:]
+        try:  # the common case in one comprehension (1M paths: ~0.1 s); the loop below names a bad row
+            return [p.decode("utf-8") if isinstance(p, bytes) else str(p) for p in raw]
+        except UnicodeDecodeError:
+            pass
         out = []
-        for row, p in enumerate(self._h5["paths"][:]):
+        for row, p in enumerate(raw):
             if isinstance(p, bytes):
                 try:
                     p = p.decode("utf-8")

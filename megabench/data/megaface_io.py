@@ -295,10 +295,17 @@ def match_megaface_noise(paths: Sequence[str], noise: Sequence[str]) -> tuple[np
     """
     entries = {n.strip().lstrip("./") for n in noise}
     depth = {e.count("/") + 1 for e in entries}
+    names = {e.rpartition("/")[2] for e in entries}
     mask = np.zeros(len(paths), dtype=bool)
     hit: set[str] = set()
-    for i, p in enumerate(paths):
-        parts = p.replace("\\", "/").split("/")
+    # only a path whose file name is some entry's file name can match: the file names first (1M paths ~0.2 s)
+    if any("\\" in p for p in paths):
+        paths = [p.replace("\\", "/") for p in paths]
+    base = [p.rpartition("/")[2] for p in paths]
+    hits = names.intersection(base)
+    maybe = [i for i, b in enumerate(base) if b in hits] if hits else []
+    for i in maybe:
+        parts = paths[i].split("/")
         for k in depth:
             tail = "/".join(parts[-k:])
             if tail in entries:

@@ -299,7 +299,13 @@ def _membership_from_rows(sizes: list[int], rows_per_size: list[np.ndarray], n_s
     bits = np.zeros(n_store, np.int64)
     for i, rows in enumerate(rows_per_size):
         bits[rows] |= 1 << i
-    masks, inv = np.unique(bits, return_inverse=True)
+    if len(sizes) <= 20:  # few distinct masks: a bincount instead of sorting the store's rows
+        present = np.flatnonzero(np.bincount(bits, minlength=1))
+        lookup = np.zeros(present[-1] + 1, np.int64)
+        lookup[present] = np.arange(present.size)
+        masks, inv = present, lookup[bits]
+    else:
+        masks, inv = np.unique(bits, return_inverse=True)
     row_class = inv.astype(np.int64).reshape(-1)
     if masks[0] == 0:
         row_class -= 1
@@ -309,15 +315,17 @@ def _membership_from_rows(sizes: list[int], rows_per_size: list[np.ndarray], n_s
 
 def membership_from_lists(store_paths: list[str], lists: dict[int, list[str]], source: str) -> Membership:
     """Membership from devkit lists: every listed path must name exactly one store row."""
+    from itertools import repeat
+
     from megabench.data.megaface_io import duplicates
 
-    index = {p: i for i, p in enumerate(store_paths)}
-    for p in duplicates(store_paths):
+    index = dict(zip(store_paths, range(len(store_paths)), strict=True))  # C loops: 1M paths in ~0.15 s
+    for p in duplicates(store_paths) if len(index) < len(store_paths) else ():
         index[p] = -2  # a path the store holds twice: refused if a list names it
     sizes = sorted(lists)
     rows = []
     for s in sizes:
-        r = np.fromiter((index.get(p, -1) for p in lists[s]), dtype=np.int64, count=len(lists[s]))
+        r = np.fromiter(map(index.get, lists[s], repeat(-1)), dtype=np.int64, count=len(lists[s]))  # C loop
         missing = [lists[s][i] for i in np.flatnonzero(r == -1)]
         if missing:
             raise DataError(f"{source}: {len(missing)} of {len(lists[s])} paths of the size-{s} list have no feature "
@@ -719,7 +727,8 @@ def check_overlap(probes: Probes, store_paths: list[str], membership: Membership
     """Refuse distractors that are the probes: a used distractor path equal to a probe path, or most of the
     sampled distractor rows identical to some probe (score >= SAME_ROW_SCORE). A few copies are real MegaFace
     noise (the noise lists name them) and pass."""
-    used = {store_paths[i] for i in np.flatnonzero(membership.row_class >= 0)}
+    both = set(probes.paths).intersection(store_paths)  # a C loop over the store's paths
+    used = {p for i, p in enumerate(store_paths) if p in both and membership.row_class[i] >= 0} if both else set()
     shared = [p for p in probes.paths if p in used]
     if shared:
         raise DataError(f"{source}: {len(shared)} distractor path(s) are probe paths (first: {shared[:3]}); the "

@@ -35,14 +35,17 @@ import numpy as np
 from numba import njit, prange
 
 #: per-thread candidate buffer (rows); a chunk that finds more is rescanned for its candidates only
-CAND_CAP = 1 << 16
+CAND_CAP = 1 << 17
 #: the per-thread partial histograms use at most this many bytes (fewer threads beyond it)
 HIST_BUDGET_BYTES = 1 << 30
 #: counter type of the partial histograms (any unsigned integer type: a wrap spills 2**bits into ``spill``)
 HIST_DTYPE = np.uint16
 INT32_SAFE = (1 << 31) - 1
-#: a young class's rows are pre-scanned (doubling chunks) until the pass should find fewer top candidates
+#: a class is *young* while the pass would find more than about this many top candidates among its rows
+#: (k x its rows in the block / its rows seen before); its floor is then first raised from a histogram
 PRE_LIMIT = 1 << 15
+#: bins over [-1, 1] of that histogram (the floor it gives is at most two bins below the true bound)
+YOUNG_BINS = 1 << 16
 #: rows per low-trial tile (a tile holds len(low_cols) x TILE_ROWS float32 per thread)
 TILE_ROWS = 32
 
@@ -197,6 +200,33 @@ def candidates(S, order, i0, i1, row_floor, t_rank, out_r, out_c, out_v):
 
 
 @njit(parallel=True, nogil=True, cache=True)
+def young_threshold(S, rows, cols, k, n_bins, n_threads):
+    """A value ``tau`` such that at least ``k`` of the scores ``S[rows][:, cols]`` are >= tau (so the k-th
+    largest of any superset is >= tau), from a histogram of ``n_bins`` bins over [-1, 1]; -inf when there
+    are fewer than ``k`` scores in range. ``tau`` is the lower edge of the bin below the one where the count
+    from the top reaches ``k`` (a score is never binned more than one bin above its value). ``n_threads``
+    partial histograms are filled in parallel."""
+    parts = np.zeros((n_threads, n_bins), np.int64)
+    chunk = (rows.size + n_threads - 1) // n_threads
+    scale = np.float32(n_bins / 2.0)
+    for t in prange(n_threads):
+        h = parts[t]
+        for i in range(t * chunk, min(rows.size, (t + 1) * chunk)):
+            r = rows[i]
+            for j in range(cols.size):
+                x = S[r, cols[j]]
+                if x >= -1.0 and x <= 1.0:
+                    h[min(np.int64((x + np.float32(1.0)) * scale), n_bins - 1)] += 1
+    total = 0
+    for b in range(n_bins - 1, -1, -1):
+        for t in range(n_threads):
+            total += parts[t, b]
+        if total >= k:
+            return np.float32(-1.0 + (b - 1) * (2.0 / n_bins))
+    return np.float32(-np.inf)
+
+
+@njit(parallel=True, nogil=True, cache=True)
 def merge_hist(hist, spill, wrapped, wraps, out, sig_of_variant, n_sig1):
     """``out[cls] += sum over threads and over the variant sets holding variant v`` of the partials
     (``hist + wraps * spill``; ``spill`` is read only for the slots marked in ``wrapped``)."""
@@ -246,6 +276,7 @@ class FusedKernel:
         self.wrapped = np.zeros(shape[:2], np.uint8)
         self.timings: dict[str, float] = {}  # seconds per step over all blocks (and the candidate count)
         self.rows_seen = np.zeros(acc.n_classes, np.int64)
+        self.all_cols = np.flatnonzero(self.col_sig == self.n_sig1).astype(np.int64)  # columns of every variant
         self.pending = 0  # scores added to the partials since the last flush (bounds every spill count)
         # a spill bin counts one per 2**bits increments of its bin: int32 holds them until this many scores
         self.flush_limit = INT32_SAFE << (8 * np.dtype(HIST_DTYPE).itemsize)
@@ -280,7 +311,7 @@ class FusedKernel:
         n_rows, n_cols = x.shape
         if self.pending + n_rows * n_cols > self.flush_limit:
             self.flush(acc)
-        row_floor, pre = self._fill_tops(acc, x, row_class, row_noisy)
+        row_floor = self._fill_tops(acc, x, row_class, row_noisy)
         order = np.flatnonzero(row_class >= 0)
         order = order[np.argsort(row_class[order] * 2 + row_noisy[order], kind="stable")]
         t1 = time.perf_counter()
@@ -303,7 +334,7 @@ class FusedKernel:
         is_top = vals > row_floor[rows]
         tr, tc, tv = rows[is_top], cols[is_top], vals[is_top]
         tcls = row_class[tr]
-        noisy_cls = np.bincount(row_class[row_noisy & ~pre], minlength=acc.n_classes)
+        noisy_cls = np.bincount(row_class[row_noisy], minlength=acc.n_classes)
         for cls in np.union1d(np.unique(tcls), np.flatnonzero(noisy_cls)).tolist():
             sel = tcls == cls
             acc.add_top(tr[sel], tc[sel], tv[sel], row_noisy, int(noisy_cls[cls]), cls)
@@ -327,30 +358,25 @@ class FusedKernel:
         for p in zero_plans:
             acc._state[p.name]["hist"][:, b] += per_cls * p.cols.size
 
-    def _fill_tops(self, acc, x: np.ndarray, row_class: np.ndarray, row_noisy: np.ndarray):
-        """Per-row top-K floor for the pass. While a class is young (its floor is -inf, or so low that the
-        rest of the block would flood the candidate buffers) its rows go first through a numpy compare in
-        doubling chunks, each raising the floor; those rows get floor +inf in the pass (already merged)."""
-        n_rows, n_cols = x.shape
-        row_floor = np.full(n_rows, np.inf, np.float32)
-        pre = np.zeros(n_rows, bool)
+    def _fill_tops(self, acc, x: np.ndarray, row_class: np.ndarray, row_noisy: np.ndarray) -> np.ndarray:
+        """Per-row top-K floor for the pass: the class's running floor (candidates are scores above it).
+
+        A young class (floor -inf, or so low that the block would flood the candidate buffers) gets a higher
+        floor first: just below ``tau``, the value at least ``k`` of its clean rows' scores in the columns of
+        every variant reach (:func:`young_threshold`). Each variant then finds >= k candidates among these
+        rows, so its k-th largest is >= tau and no score below tau can be in its top-K: exact."""
+        row_floor = np.empty(x.shape[0], np.float32)
         for cls in np.unique(row_class[row_class >= 0]).tolist():
             rows_c = np.flatnonzero(row_class == cls)
-            floor = acc.floor(cls)
-            lo, seen = 0, int(self.rows_seen[cls])
-            step = acc.fill_rows() + int(row_noisy[rows_c].sum())
-            # expected candidates of the remaining rows ~ k * remaining / rows seen
-            while lo < rows_c.size and (floor == -np.inf or acc.k * (rows_c.size - lo) > PRE_LIMIT * max(seen, 1)):
-                sub = rows_c[lo:lo + step]
-                v = x[sub]
-                ri, ci = np.nonzero(v > np.float32(floor))
-                acc.add_top(sub[ri], ci, v[ri, ci], row_noisy, int(row_noisy[sub].sum()), cls)
-                pre[sub] = True
-                floor = acc.floor(cls)
-                lo, seen, step = lo + sub.size, seen + sub.size, max(64, step * 2)
-            row_floor[rows_c[lo:]] = np.float32(floor)
+            floor = np.float32(acc.floor(cls))
+            seen = int(self.rows_seen[cls])
+            if floor == -np.inf or acc.k * rows_c.size > PRE_LIMIT * max(seen, 1):
+                clean = rows_c[~row_noisy[rows_c]]
+                tau = young_threshold(x, clean, self.all_cols, acc.k, YOUNG_BINS, self.n_threads)
+                floor = max(floor, np.nextafter(tau, np.float32(-np.inf)))  # candidates: x > floor, i.e. x >= tau
+            row_floor[rows_c] = floor
             self.rows_seen[cls] += rows_c.size
-        return row_floor, pre
+        return row_floor
 
     def _gather_candidates(self, x, order, cand_n, row_floor, t_rank):
         chunk = -(-order.size // self.n_threads)

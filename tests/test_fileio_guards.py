@@ -163,3 +163,15 @@ def test_background_sha256_cancel_stops_at_the_next_chunk(tmp_path):
     stop = threading.Event()
     stop.set()
     assert sha256_file(path, chunk_bytes=1024, stop=stop) == ""  # a cancelled hash is never a digest
+
+
+@pytest.mark.parametrize("size", [0, 1, 1023, 1024, 1025, 5 * 1024 + 17])
+def test_sha256_file_equals_hashlib_across_piece_boundaries(tmp_path, size):
+    import hashlib
+
+    from megabench.fileio import sha256_file
+
+    data = bytes(range(256)) * (size // 256 + 1)
+    path = tmp_path / "f"
+    path.write_bytes(data[:size])
+    assert sha256_file(path, chunk_bytes=1024) == hashlib.sha256(data[:size]).hexdigest()

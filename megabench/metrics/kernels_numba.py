@@ -53,33 +53,43 @@ _MODE_CODE = {"keep": 0, "neginf": 1, "zero": 2, "drop": 3}
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _row_bins(S, r, lo, hi, span, nb, floor, t_rank, bins):
-    """Bins of row r into ``bins`` (torch.histc's float32 arithmetic), the number of NaN / out-of-range
-    scores, and whether any score is a candidate. One branch-free loop (vectorisable)."""
+def _row_bins(S, r, lo, hi, span, nb, last_bin, off, floor, t_rank, idx):
+    """Row r's histogram positions into ``idx``: ``off[c]`` (the column's variant-set slot times the bin count)
+    plus the bin (torch.histc's float32 arithmetic, the top edge in the last bin); also the number of NaN /
+    out-of-range scores and whether any score is a candidate. One branch-free loop (vectorised)."""
     n_bad = 0
     hit = False
     for c in range(S.shape[1]):
         x = S[r, c]
         ok = (x >= lo) & (x <= hi)
         n_bad += not ok
-        bins[c] = np.int64((x - lo) * nb / span) if ok else 0
+        j = np.int64((x - lo) * nb / span) if ok else 0
+        idx[c] = off[c] + min(j, last_bin)
         hit |= (x > floor) | (x >= t_rank[c])
     return n_bad, hit
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _row_hist(b, sig, hbase, hist, spill, wrapped):
-    """One increment per column into the partial histogram of its variant set (``hbase + sig``); a counter
-    that wraps to 0 adds one to the same bin of ``spill`` and marks its slot in ``wrapped``."""
-    last_bin = hist.shape[1] - 1
-    for c in range(b.size):
-        if sig[c] != 0:
-            slot = hbase + sig[c]
-            j = min(b[c], last_bin)
-            hist[slot, j] += 1
-            if hist[slot, j] == 0:  # wrapped
-                spill[slot, j] += 1
-                wrapped[slot] = 1
+def _row_hist(idx, sig, check, base, hist, spill, wrapped, n_bins):
+    """One increment per column at ``base + idx[c]`` of the flat partial histogram (columns with ``sig`` 0
+    skipped when ``check``: a noisy row in the columns of masking variants only); a counter that wraps to
+    0 adds one to the same position of ``spill`` and marks its slot in ``wrapped``. Without ``check`` there
+    is no branch but the wrap (measured: 0.023 s vs 0.041 s per 8192 x 3555 block with the slot lookup)."""
+    if check:
+        for c in range(idx.size):
+            if sig[c] != 0:
+                _bump(base + idx[c], hist, spill, wrapped, n_bins)
+    else:
+        for c in range(idx.size):
+            _bump(base + idx[c], hist, spill, wrapped, n_bins)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _bump(k, hist, spill, wrapped, n_bins):
+    hist[k] += 1
+    if hist[k] == 0:  # wrapped
+        spill[k] += 1
+        wrapped[k // n_bins] = 1
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -128,7 +138,8 @@ def _noisy_low(S, r, cls, low_cols, q_u, q_g, q_mode, ge, gt):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def fused_block(S, order, row_cls, row_noisy, row_floor, t_rank, col_sig, noisy_sig, n_sig1, lo, span, nb,
+def fused_block(S, order, row_cls, row_noisy, row_floor, t_rank, col_sig, noisy_sig, col_off, noisy_off, n_sig1,
+                lo, span, nb,
                 hist, spill, wrapped, low_cols, q_u, q_g, q_mode, low_ge, low_gt, tiles,
                 cand_r, cand_c, cand_v, cand_n, bad, bins):
     """One pass over ``S`` (float32, C-contiguous (B, C)), visiting the rows ``order`` (every row of class >= 0,
@@ -141,6 +152,9 @@ def fused_block(S, order, row_cls, row_noisy, row_floor, t_rank, col_sig, noisy_
     """
     n_threads = hist.shape[0]
     n_order = order.size
+    n_bins = hist.shape[2]
+    last_bin = n_bins - 1
+    check_clean = (col_sig == 0).any()  # some column in no variant: clean rows check too
     n_low = low_cols.size
     tile_rows = tiles.shape[2]
     hi = lo + span
@@ -152,16 +166,20 @@ def fused_block(S, order, row_cls, row_noisy, row_floor, t_rank, col_sig, noisy_
         n_bad = 0
         b = bins[t]
         tile = tiles[t]
+        h = hist[t].reshape(-1)  # flat views: position = (class * n_sig1 + sig - 1) * n_bins + bin
+        sp = spill[t].reshape(-1)
         k = 0  # rows in the tile, all of class tile_cls
         tile_cls = 0
         for i in range(i0, i1):
             r = order[i]
             cls = row_cls[r]
             floor = row_floor[r]
-            row_bad, hit = _row_bins(S, r, lo, hi, span, nb, floor, t_rank, b)
+            noisy = row_noisy[r]
+            row_bad, hit = _row_bins(S, r, lo, hi, span, nb, last_bin, noisy_off if noisy else col_off, floor,
+                                     t_rank, b)
             n_bad += row_bad
-            _row_hist(b, noisy_sig if row_noisy[r] else col_sig, cls * n_sig1 - 1, hist[t], spill[t],
-                      wrapped[t])
+            _row_hist(b, noisy_sig if noisy else col_sig, noisy or check_clean, cls * n_sig1 * n_bins, h, sp,
+                      wrapped[t], n_bins)
             if hit:
                 n = _row_candidates(S, r, floor, t_rank, n, cand_r[t], cand_c[t], cand_v[t])
             if n_low:
@@ -263,6 +281,9 @@ class FusedKernel:
             if p.noise_mode == "keep":
                 self.keep_mask |= 1 << i
         self.noisy_sig = self.col_sig & self.keep_mask  # a noisy row counts only in the keep variants
+        n_bins = acc.hist_spec.n_bins
+        self.col_off = np.maximum(self.col_sig - 1, 0) * n_bins  # the slot's start in a class's flat partials
+        self.noisy_off = np.maximum(self.noisy_sig - 1, 0) * n_bins
         self.n_sig1 = (1 << len(plans)) - 1
         hs = acc.hist_spec
         self.lo, self.hi = np.float32(hs.lo), np.float32(hs.hi)
@@ -318,7 +339,8 @@ class FusedKernel:
         t = self.n_threads
         cand_n = np.zeros(t, np.int64)
         bad = np.zeros(t, np.int64)
-        fused_block(x, order, row_class, row_noisy, row_floor, acc.t_rank, self.col_sig, self.noisy_sig, self.n_sig1,
+        fused_block(x, order, row_class, row_noisy, row_floor, acc.t_rank, self.col_sig, self.noisy_sig,
+                    self.col_off, self.noisy_off, self.n_sig1,
                     self.lo, self.span, self.nb, self.hist, self.spill, self.wrapped, self.low_cols, self.q_u, self.q_g,
                     self.q_mode, self.low_ge, self.low_gt, self.tiles, self.cand_r, self.cand_c, self.cand_v, cand_n,
                     bad, self.bins)

@@ -425,7 +425,6 @@ class MegafaceAccumulator:
         c = self.n_classes
         for p in self.plans:
             st = self._state[p.name]
-            t1 = p.n_trials + 1
             keep = vals >= p.thr[cols]
             if p.noise_mode != "keep":
                 keep &= ~row_noisy[rows]
@@ -435,24 +434,22 @@ class MegafaceAccumulator:
             start = p.col_start[kc]
             right = np.searchsorted(p.gen_keys, keys, side="right")
             left = np.searchsorted(p.gen_keys, keys, side="left")
-            base = kcls * t1
-            diff = np.bincount(base + start, minlength=c * t1) - np.bincount(base + right, minlength=c * t1)
+            diff, tdiff = st["rank_diff"], st["tie_diff"]  # (classes, trials + 1): the few candidates in place
+            np.add.at(diff, (kcls, start), 1)
+            np.subtract.at(diff, (kcls, right), 1)
             tie = left < right
-            tdiff = (np.bincount(base[tie] + left[tie], minlength=c * t1)
-                     - np.bincount(base[tie] + right[tie], minlength=c * t1))
+            np.add.at(tdiff, (kcls[tie], left[tie]), 1)
+            np.subtract.at(tdiff, (kcls[tie], right[tie]), 1)
             if p.noise_mode == "zero" and noisy_rows.size:
                 per_cls = np.bincount(row_class[noisy_rows], minlength=c)
                 zc = p.cols[p.thr[p.cols] <= 0]
+                zt = p.zero_left[zc] < p.zero_right[zc]
                 for cls in np.flatnonzero(per_cls):
                     w = int(per_cls[cls])
-                    o = cls * t1
-                    diff += w * (np.bincount(o + p.col_start[zc], minlength=c * t1)
-                                 - np.bincount(o + p.zero_right[zc], minlength=c * t1))
-                    zt = p.zero_left[zc] < p.zero_right[zc]
-                    tdiff += w * (np.bincount(o + p.zero_left[zc][zt], minlength=c * t1)
-                                  - np.bincount(o + p.zero_right[zc][zt], minlength=c * t1))
-            st["rank_diff"] += diff.reshape(c, t1)
-            st["tie_diff"] += tdiff.reshape(c, t1)
+                    np.add.at(diff, (cls, p.col_start[zc]), w)
+                    np.subtract.at(diff, (cls, p.zero_right[zc]), w)
+                    np.add.at(tdiff, (cls, p.zero_left[zc][zt]), w)
+                    np.subtract.at(tdiff, (cls, p.zero_right[zc][zt]), w)
 
     # --- merge / state ------------------------------------------------------------------------
     def flush(self) -> None:

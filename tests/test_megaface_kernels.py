@@ -348,10 +348,13 @@ def test_numpy_backend_scores_equal_torch_on_exact_data():
     rng = np.random.default_rng(16)
     probes, x = _pm(rng, 9), _pm(rng, 70)  # every dot product a multiple of 1/16: exact in any blocking
     a = make_backend("torch", probes).scores(torch.from_numpy(x))
-    b = make_backend("numpy", probes).scores(torch.from_numpy(x))
-    assert b.dtype == torch.float32 and b.shape == (70, 9)
-    np.testing.assert_array_equal(a.numpy(), b.numpy())
-    np.testing.assert_array_equal(b.numpy(), (x.astype(np.float64) @ probes.T.astype(np.float64)).astype(np.float32))
+    nb = make_backend("numpy", probes)
+    b = nb.scores(x).copy()
+    assert b.dtype == np.float32 and b.shape == (70, 9)
+    np.testing.assert_array_equal(a.numpy(), b)
+    np.testing.assert_array_equal(b, (x.astype(np.float64) @ probes.T.astype(np.float64)).astype(np.float32))
+    np.testing.assert_array_equal(nb.scores(x[:30]), b[:30])  # the reused buffer: a shorter block, then a longer
+    np.testing.assert_array_equal(nb.scores(torch.from_numpy(x)), b)
     with pytest.raises(DataError, match="CPU only"):
         make_backend("numpy", probes, "cuda")
 

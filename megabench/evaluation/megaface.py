@@ -240,8 +240,6 @@ def load_probes(store_path: str | os.PathLike, probe_list: str | os.PathLike | N
     Store ``ids`` may be integers or identity names (strings; mapped to labels); a store without a list
     must not repeat a path. Empty probe sets are :class:`DataError`.
     """
-    import torch
-
     from megabench.data.megaface_io import duplicates, open_store, read_probe_list, read_store_labels
     from megabench.metrics.search import normalize_block
 
@@ -263,8 +261,8 @@ def load_probes(store_path: str | os.PathLike, probe_list: str | os.PathLike | N
                             "repeated probes would count their trials twice: fix the store or pass --probe-list")
     if x.shape[0] == 0:
         raise DataError(f"{store_path}: no probe features; the probe set must not be empty")
-    xt = normalize_block(torch.from_numpy(np.ascontiguousarray(x)), source=str(store_path))
-    return Probes(xt.numpy(), np.asarray(labels, np.int64), paths, meta)
+    xt = normalize_block(np.ascontiguousarray(x, dtype=np.float32), source=str(store_path))
+    return Probes(xt, np.asarray(labels, np.int64), paths, meta)
 
 
 def _warn_if_models_differ(probe_meta, distractor_meta, probes_path: str, distractors_path: str) -> None:
@@ -417,8 +415,6 @@ def build_stack(
     sample_scores: np.ndarray | None = None,
 ) -> Stack:
     """The stacked probe matrix and the raw (+ refined) variant plans sharing it."""
-    import torch
-
     x, labels = probes.features, probes.labels
     counts = np.bincount(np.unique(labels, return_inverse=True)[1].reshape(-1))
     singles = int((counts == 1).sum())
@@ -453,8 +449,7 @@ def build_stack(
     elif refine == "drop":
         refined_slots[noisy] = -1
     stack = np.ascontiguousarray(np.concatenate(vectors, axis=0))
-    st = torch.from_numpy(stack)
-    gram = (st @ st.T).numpy()
+    gram = stack @ stack.T
     n_stack = stack.shape[0]
     cut = auto_cut(gram, labels[order], n, sample_scores) if cut is None else float(cut)
     raw_plan, raw_skip = _plan("raw", pos, labels, gram, "keep", n_stack, cut)
@@ -610,7 +605,10 @@ def _sha_or_none(path: str | os.PathLike | None) -> str | None:
 
 
 def check_device(device: str) -> None:
-    """A device torch knows and that exists here (``cpu``, ``cuda``, ``cuda:1`` ...) else MegabenchError."""
+    """A device torch knows and that exists here (``cpu``, ``cuda``, ``cuda:1`` ...) else MegabenchError.
+    ``cpu`` is accepted without importing torch (the CPU path of a run never needs it)."""
+    if device == "cpu":
+        return
     import torch
 
     try:
@@ -705,15 +703,13 @@ SAMPLE_ROWS = 2048
 
 def impostor_sample(store, membership: Membership, probes: Probes) -> np.ndarray:
     """Scores (m, n_probes) of the first ``SAMPLE_ROWS`` used distractor rows against the probes."""
-    import torch
-
     from megabench.metrics.search import normalize_block
 
-    first = np.flatnonzero(membership.row_class >= 0)[:SAMPLE_ROWS]
+    first = np.sort(np.flatnonzero(membership.row_class >= 0)[:SAMPLE_ROWS])
     if not first.size:
         return np.empty((0, probes.features.shape[0]), np.float32)
-    xs = normalize_block(torch.from_numpy(store.read(rows=np.sort(first))), source=str(store.path))
-    return (xs @ torch.from_numpy(probes.features).T).numpy()
+    xs = normalize_block(store.read(rows=first), source=str(store.path), rows=first, inplace=True)
+    return xs @ probes.features.T
 
 
 #: a sampled distractor row scoring at least this with some probe is that probe's copy
@@ -795,15 +791,13 @@ def load_inputs(spec: MegafaceSpec, opts: MegafaceOptions) -> MegafaceInputs:
 def run_fingerprint(spec: MegafaceSpec, opts: MegafaceOptions, inputs: MegafaceInputs, stack: Stack, k: int,
                     world: int) -> tuple[str, dict[str, Any]]:
     """sha256 over everything that changes the accumulator state; returns (hex, the hashed dict)."""
-    import torch
-
     src = {"probes": _sha_or_none(opts.probes), "distractors": inputs.distractors_sha256(),
            "probe_list": _sha_or_none(opts.probe_list), "distractor_lists": inputs.lists_sha,
            "noise": inputs.noise.report.get("lists_sha256"), "spec": spec.sha256 or repr(spec),
            "sizes": inputs.membership.sizes, "membership": inputs.membership.source, "seed": opts.seed,
            "refine": opts.refine, "ties": opts.ties, "jitter_seed": opts.jitter_seed,
            "block_rows": opts.block_rows, "k": k, "hist_bins": spec.hist_bins, "backend": opts.backend,
-           "device": str(torch.device(opts.device).type), "allow_singletons": opts.allow_singletons,
+           "device": opts.device.split(":")[0], "allow_singletons": opts.allow_singletons,
            "world": world, "dense_cut": stack.info["dense_cut"]}
     if opts.jitter_seed is not None:
         src["jitter_on"] = "sum"  # states of the old mean-jitter refinement never resume into this one
@@ -849,9 +843,7 @@ def read_block(b: int, inputs: MegafaceInputs, block_rows: int, backend):
     x = store.read(rows=slice(lo, hi))
     if used.size < cls.size:
         x, cls, noisy = x[used], cls[used], noisy[used]
-        xt = _normalize_rows_named(backend.to_device(x), source, lo + used)
-    else:
-        xt = normalize_block(backend.to_device(x), source=source, first_row=lo)
+    xt = normalize_block(backend.to_device(x), source=source, rows=lo + used, inplace=True)
     return xt, cls, noisy, lo, hi
 
 
@@ -1118,21 +1110,6 @@ def run_megaface(spec: MegafaceSpec, options: MegafaceOptions, *, dist_info=None
     timings["total"] = time.perf_counter() - t0
     return assemble_result(spec, opts, inputs, stack, variants, fp, k, info.world, timings, acc.kernel_name)
 
-
-
-def _normalize_rows_named(xt, source: str, store_rows: np.ndarray):
-    from megabench.metrics.search import normalize_block
-
-    try:
-        return normalize_block(xt, source=source)
-    except DataError:
-        import torch
-
-        norms = torch.linalg.vector_norm(xt, dim=1)
-        bad = (~torch.isfinite(norms) | (norms == 0)).cpu().numpy()
-        rows = store_rows[bad].tolist()
-        raise DataError(f"{source}: {len(rows)} feature row(s) are NaN/inf or have zero norm (first rows "
-                        f"{rows[:5]}); re-extract them or drop those images") from None
 
 
 def compute_variant(acc, plan, mem: Membership, spec: MegafaceSpec, ties: str, noisy_dist: np.ndarray) -> dict:

@@ -328,7 +328,7 @@ class FusedKernel:
     def update(self, acc, S, row_class: np.ndarray, row_noisy: np.ndarray) -> None:
         """Add the block: unused rows (class -1) are skipped; rows in any order."""
         t0 = time.perf_counter()
-        x = np.ascontiguousarray(S.numpy(), dtype=np.float32)
+        x = np.ascontiguousarray(S if isinstance(S, np.ndarray) else S.numpy(), dtype=np.float32)
         n_rows, n_cols = x.shape
         if self.pending + n_rows * n_cols > self.flush_limit:
             self.flush(acc)

@@ -329,13 +329,14 @@ class MegafaceAccumulator:
     # --- helpers used by the kernels ----------------------------------------------------------
     @property
     def zero_hist(self) -> np.ndarray:
-        """The histogram of one score 0.0 (the bin a ``zero`` noisy distractor's scores fall in)."""
+        """The histogram of one score 0.0 (the bin a ``zero`` noisy distractor's scores fall in), binned with
+        torch.histc's float32 arithmetic ``(x - lo) * n_bins / (hi - lo)`` (a test checks it against histc)."""
         if self._zero_hist is None:
-            import torch
-
-            from megabench.metrics.kernels_torch import histogram
-
-            self._zero_hist = histogram(torch.zeros(1), self.hist_spec)
+            hs = self.hist_spec
+            lo, hi = np.float32(hs.lo), np.float32(hs.hi)
+            b = int((np.float32(0.0) - lo) * np.float32(hs.n_bins) / (hi - lo))
+            self._zero_hist = np.zeros(hs.n_bins, np.int64)
+            self._zero_hist[min(b, hs.n_bins - 1)] = 1
         return self._zero_hist
 
     def floor(self, cls: int) -> float:
@@ -367,8 +368,9 @@ class MegafaceAccumulator:
     def update(self, S, row_class: np.ndarray, row_noisy: np.ndarray) -> None:
         """Add one score block.
 
-        ``S``: float32 tensor (B, n_stack), any device. ``row_class``: int (B,) class ids in
-        ``[0, n_classes)``, or -1 for a row that belongs to no size (ignored); ``row_noisy``: bool (B,).
+        ``S``: float32 (B, n_stack): a torch tensor on any device, or a numpy array. ``row_class``: int (B,)
+        class ids in ``[0, n_classes)``, or -1 for a row that belongs to no size (ignored); ``row_noisy``: bool
+        (B,).
         Rows may come in any order: the accumulator orders them as its kernel needs.
         """
         row_class = np.asarray(row_class, dtype=np.int64).reshape(-1)
@@ -379,7 +381,11 @@ class MegafaceAccumulator:
         if row_class.size and row_class.max() >= self.n_classes:
             raise ValueError(f"row class {int(row_class.max())} outside [0, {self.n_classes})")
         kernel = self._kernel
-        if kernel.name == "fused" and S.device.type != "cpu":
+        if kernel.name == "torch" and isinstance(S, np.ndarray):
+            import torch
+
+            S = torch.from_numpy(S)
+        if kernel.name == "fused" and not isinstance(S, np.ndarray) and S.device.type != "cpu":
             if self.requested_kernel == "fused":
                 from megabench.errors import MegabenchError
 

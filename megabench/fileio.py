@@ -8,8 +8,8 @@
 - :class:`RunFiles`: remember files this run created; delete only those (same inode).
 - :func:`resolve_inside`: a path named by a data file (store ``paths``, pair lists, devkit lists) must
   resolve inside its root, or it is refused.
-- :func:`sha256_file`, :class:`BackgroundSha256` (the same hash computed in a thread while the caller
-  does other work).
+- :func:`sha256_file`, :class:`BackgroundSha256` (the same hash computed in a child process while the
+  caller does other work).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import json
 import math
 import os
 import stat
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -110,58 +112,71 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_bytes(path, dumps_json(obj).encode("utf-8"))
 
 
-def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 22, *, stop: threading.Event | None = None) -> str:
-    """Hex sha256 of the file's bytes, read in ``chunk_bytes`` pieces into one reused buffer. ``stop``: when
-    set, the hash ends early and returns "" (a cancelled hash is never a result)."""
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> str:
+    """Hex sha256 of the file's bytes, read in ``chunk_bytes`` pieces into one reused buffer."""
     h = hashlib.sha256()
     buf = bytearray(chunk_bytes)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as fh:
         while n := fh.readinto(buf):
-            if stop is not None and stop.is_set():
-                return ""
             h.update(view[:n])
     return h.hexdigest()
 
 
-#: read / hash piece of :class:`BackgroundSha256` (one buffer of this size while it runs)
-BACKGROUND_CHUNK_BYTES = 1 << 26
+#: the child of :class:`BackgroundSha256`: :func:`sha256_file`'s loop, 16 MB pieces; prints "ok <hex>" or
+#: "error <errno> <message>"
+_HASH_CHILD = """import hashlib, sys
+h = hashlib.sha256()
+buf = bytearray(1 << 24)
+view = memoryview(buf)
+try:
+    with open(sys.argv[1], "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+except OSError as exc:
+    print("error", exc.errno or 0, exc.strerror or exc)
+    sys.exit(1)
+print("ok", h.hexdigest())
+"""
 
 
 class BackgroundSha256:
-    """:func:`sha256_file` of ``path`` computed in a daemon thread from construction on.
+    """:func:`sha256_file` of ``path`` computed in a child process from construction on.
 
-    The file read and the hash release the GIL, so a large file (a 2 GB distractor store: ~1.5 s hashing
-    when cached, several seconds from disk) is hashed while the caller parses lists and builds tables.
-    :meth:`result` waits and returns the hex digest, or raises the thread's error (e.g. a missing file)
-    unchanged; :meth:`cancel` stops the thread at its next chunk (the caller gave up: its own error wins).
+    A 2 GB distractor store takes ~1.5 s to hash when cached (several seconds from disk) while the caller
+    parses lists and builds tables. A thread could not keep up: it needs the GIL between pieces, and the
+    caller's long C calls (an HDF5 read, a JSON parse, a dict of 1M paths) hold it, so the hash took
+    ~3 s beside them; a process has its own interpreter. :meth:`result` waits and returns the hex digest,
+    or raises the child's ``OSError`` (``FileNotFoundError`` for a missing file); :meth:`cancel` stops the
+    child (the caller gave up: its own error wins).
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self._stop = threading.Event()
-        self._outcome: dict[str, Any] = {}
-        self._thread = threading.Thread(target=self._run, name=f"sha256 {self.path.name}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            # large pieces: between two pieces the thread waits for the GIL (up to the 5 ms switch interval,
-            # twice) while the caller runs Python; 4 MB pieces made a 1.5 s hash take 4 s beside the list parsing
-            self._outcome["hex"] = sha256_file(self.path, BACKGROUND_CHUNK_BYTES, stop=self._stop)
-        except BaseException as exc:  # re-raised by result()
-            self._outcome["error"] = exc
+        self._hex: str | None = None
+        self._cancelled = False
+        self._proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _HASH_CHILD, str(self.path)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def result(self) -> str:
-        self._thread.join()
-        if "error" in self._outcome:
-            raise self._outcome["error"]
-        if not self._outcome.get("hex"):
+        if self._hex is not None:
+            return self._hex
+        out, err = self._proc.communicate()
+        words = out.split(maxsplit=2)
+        if self._proc.returncode == 0 and len(words) == 2 and words[0] == "ok":
+            self._hex = words[1]
+            return self._hex
+        if self._cancelled:
             raise RuntimeError(f"the hash of {self.path} was cancelled before it finished")
-        return self._outcome["hex"]
+        if len(words) == 3 and words[0] == "error":
+            raise OSError(int(words[1]) or None, words[2].strip(), str(self.path))  # ENOENT: FileNotFoundError
+        raise RuntimeError(f"hashing {self.path} failed (exit {self._proc.returncode}): {err.strip()[-500:]}")
 
     def cancel(self) -> None:
-        self._stop.set()
+        if self._proc.poll() is None:
+            self._cancelled = True
+            self._proc.kill()
+        self._proc.communicate()  # reap it, close the pipes
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -153,16 +153,19 @@ def test_background_sha256_reraises_the_threads_error(tmp_path):
         BackgroundSha256(tmp_path / "missing.h5").result()
 
 
-def test_background_sha256_cancel_stops_at_the_next_chunk(tmp_path):
-    import threading
-
-    from megabench.fileio import sha256_file
+def test_background_sha256_cancel_never_gives_a_digest(tmp_path):
+    from megabench.fileio import BackgroundSha256
 
     path = tmp_path / "big"
-    path.write_bytes(b"x" * (4 * 1024))
-    stop = threading.Event()
-    stop.set()
-    assert sha256_file(path, chunk_bytes=1024, stop=stop) == ""  # a cancelled hash is never a digest
+    path.write_bytes(b"x" * (64 << 20))
+    h = BackgroundSha256(path)
+    h.cancel()
+    with pytest.raises(RuntimeError, match="cancelled"):
+        h.result()
+    done = BackgroundSha256(path)
+    digest = done.result()
+    done.cancel()  # after the result: nothing to stop, the digest stays
+    assert done.result() == digest
 
 
 @pytest.mark.parametrize("size", [0, 1, 1023, 1024, 1025, 5 * 1024 + 17])

@@ -92,6 +92,40 @@ def test_feature_store_roundtrip_float16(tmp_path):
         np.testing.assert_array_equal(np.concatenate([b[1] for b in blocks]), got)
 
 
+@pytest.mark.parametrize("layout", ["writer", "contiguous", "chunked by part rows", "compressed", "unwritten chunks"])
+def test_feature_store_row_slices_equal_h5py(tmp_path, layout):
+    """Row slices come straight from the file where the layout allows it (uncompressed float32, whole-row
+    chunks or contiguous) and through h5py elsewhere; either way they equal h5py's own read."""
+    import h5py
+
+    from megabench.data.feature_store import RawRows
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(1037, 16)).astype(np.float32)
+    p = write_features(tmp_path / "f.h5", x, [f"i{i}" for i in range(1037)])  # chunks of whole rows
+    if layout != "writer":
+        with h5py.File(p, "a") as h5:
+            del h5["features"]
+            kw = {"contiguous": {}, "chunked by part rows": {"chunks": (100, 8)},
+                  "compressed": {"chunks": (64, 16), "compression": "gzip"},
+                  "unwritten chunks": {"chunks": (64, 16)}}[layout]
+            d = h5.create_dataset("features", shape=x.shape, dtype=np.float32, **kw)
+            if layout == "unwritten chunks":
+                d[:500] = x[:500]  # rows 512.. never written: h5py returns the fill value (0)
+                x[500:] = 0
+            else:
+                d[...] = x
+    with open_features(p) as fs, h5py.File(p, "r") as h5:
+        raw = fs._raw_rows("features", h5["features"])
+        assert (raw is not None) == (layout in ("writer", "contiguous", "unwritten chunks"))
+        assert RawRows.usable(h5["features"]) == (raw is not None)
+        for lo, hi in [(0, 1037), (0, 1), (5, 700), (511, 513), (1000, 1037), (1036, 1037), (600, 600), (520, 530)]:
+            got = fs.read(rows=slice(lo, hi))
+            assert got.dtype == np.float32 and got.shape == (hi - lo, 16)
+            np.testing.assert_array_equal(got, x[lo:hi], err_msg=f"{layout} {lo}:{hi}")
+        np.testing.assert_array_equal(fs.read(rows=np.array([3, 700, 1036])), x[[3, 700, 1036]])
+
+
 def test_feature_store_writer_incomplete_is_not_published(tmp_path):
     target = tmp_path / "f.h5"
     w = FeatureStoreWriter(target, n=4, dim=2)

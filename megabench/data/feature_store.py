@@ -168,6 +168,64 @@ def write_features(
     return Path(path)
 
 
+class RawRows:
+    """Row slices of an uncompressed little-endian float32 (N, D) dataset read straight from the file.
+
+    HDF5 stores such a dataset as one contiguous extent or as chunks of whole rows (``(rows, D)``, as
+    :class:`FeatureStoreWriter` writes); each piece is at a known byte offset, so a row slice is a few
+    ``os.preadv`` calls into one new array: 2.6 ms for 8192 x 512 vs 5.5 ms through h5py (the MegaFace pass
+    reads 122 such blocks while the GEMM runs). :meth:`read` returns None where it cannot (a chunk never
+    written): the caller reads through h5py.
+    """
+
+    def __init__(self, path: Path, ds: h5py.Dataset) -> None:
+        self.dim = int(ds.shape[1])
+        self.row_bytes = self.dim * 4
+        if ds.chunks is None:
+            off = ds.id.get_offset()
+            self.chunk_rows = max(int(ds.shape[0]), 1)
+            self.offsets = {0: off} if off is not None else {}
+        else:
+            self.chunk_rows = int(ds.chunks[0])
+            self.offsets = {}
+            for i in range(ds.id.get_num_chunks()):
+                info = ds.id.get_chunk_info(i)
+                if info.filter_mask == 0 and info.byte_offset is not None:
+                    self.offsets[int(info.chunk_offset[0])] = int(info.byte_offset)
+        self.fd = os.open(path, os.O_RDONLY)
+
+    @staticmethod
+    def usable(ds: h5py.Dataset) -> bool:
+        """Uncompressed ``<f4``, 2-D, contiguous or chunked by whole rows."""
+        plist = ds.id.get_create_plist()
+        if ds.ndim != 2 or ds.dtype != np.dtype("<f4") or plist.get_nfilters() or plist.get_external_count():
+            return False
+        layout = plist.get_layout()
+        if layout == h5py.h5d.CONTIGUOUS:
+            return True
+        return layout == h5py.h5d.CHUNKED and ds.chunks[1] == ds.shape[1]
+
+    def read(self, lo: int, hi: int) -> np.ndarray | None:
+        """Rows ``lo:hi`` (float32, new array), or None when a piece of them is not in the file."""
+        out = np.empty((hi - lo, self.dim), np.float32)
+        flat = memoryview(out).cast("B")
+        row = lo
+        while row < hi:
+            c0 = row - row % self.chunk_rows
+            off = self.offsets.get(c0)
+            if off is None:
+                return None
+            end = min(hi, c0 + self.chunk_rows)
+            a, b = (row - lo) * self.row_bytes, (end - lo) * self.row_bytes
+            if os.preadv(self.fd, [flat[a:b]], off + (row - c0) * self.row_bytes) != b - a:
+                return None
+            row = end
+        return out
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 class FeatureStore:
     """Read-only view of a store; open with :func:`open_features` (a context manager)."""
 
@@ -185,6 +243,7 @@ class FeatureStore:
         except BaseException:
             self._h5.close()
             raise
+        self._raw: dict[str, RawRows | None] = {}
 
     def _check_layout(self) -> tuple[int, int]:
         """(N, D) of ``features``; :class:`DataError` naming the file for any other layout."""
@@ -270,8 +329,19 @@ class FeatureStore:
         if dataset not in self._h5:
             raise DataError(f"{self.path}: no `{dataset}` dataset")
         ds = self._h5[dataset]
+        if isinstance(rows, slice) and rows.step in (None, 1):
+            raw = self._raw_rows(dataset, ds)
+            lo, hi, _ = rows.indices(ds.shape[0])
+            out = raw.read(lo, hi) if raw is not None and hi > lo else None
+            if out is not None:
+                return out
         out = ds[...] if rows is None else ds[rows]
         return np.asarray(out, dtype=np.float32)
+
+    def _raw_rows(self, dataset: str, ds: h5py.Dataset) -> RawRows | None:
+        if dataset not in self._raw:
+            self._raw[dataset] = RawRows(self.path, ds) if RawRows.usable(ds) else None
+        return self._raw[dataset]
 
     def iter_blocks(
         self, block_rows: int, dataset: str = "features", start: int = 0
@@ -283,6 +353,10 @@ class FeatureStore:
             yield lo, np.asarray(ds[lo:hi], dtype=np.float32)
 
     def close(self) -> None:
+        for raw in self._raw.values():
+            if raw is not None:
+                raw.close()
+        self._raw.clear()
         self._h5.close()
 
     def __enter__(self) -> FeatureStore:

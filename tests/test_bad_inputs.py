@@ -506,7 +506,7 @@ def _(d):
 @case("extract checkpoint of random bytes", 5)
 def _(d):
     pack = lfw_copy(d)
-    ck = write_bytes(d / "junk.pt", os.urandom(2000))
+    ck = write_bytes(d / "junk.pt", np.random.default_rng(509).integers(0, 256, 2000, dtype=np.uint8).tobytes())
     return Setup(extract_args(d / "f.h5", "--checkpoint", str(ck), pack=pack), [pack, ck], "junk.pt")
 
 

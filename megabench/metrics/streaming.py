@@ -501,5 +501,7 @@ class MegafaceAccumulator:
         plan = next(p for p in self.plans if p.name == name)
         ge[plan.low_pos] += st["low_ge"][classes].sum(axis=0)
         eq[plan.low_pos] += st["low_eq"][classes].sum(axis=0)
-        return {"count_ge": ge, "count_eq": eq, "top": top,
-                "hist": st["hist"][classes].sum(axis=0), "n_imp": int(st["n_imp"][classes].sum())}
+        hist = np.zeros(st["hist"].shape[1], np.int64)
+        for c in classes.tolist():  # in place: a fancy-indexed copy of (classes, 2**20) would be ~50 MB
+            hist += st["hist"][c]
+        return {"count_ge": ge, "count_eq": eq, "top": top, "hist": hist, "n_imp": int(st["n_imp"][classes].sum())}

@@ -262,3 +262,31 @@ def test_overlap_check_refuses_only_probe_paths_in_use():
     check_overlap(probes, store, membership([0, -1, 0, -1]), sample, "d.h5")  # shared paths, none used: fine
     with pytest.raises(DataError, match=r"d.h5: 1 distractor path\(s\) are probe paths \(first: \['f/c.png'\]\)"):
         check_overlap(probes, store, membership([0, -1, -1, 0]), sample, "d.h5")
+
+
+@pytest.mark.parametrize("case", ["a list equal to the store", "few wanted paths", "many wanted paths"])
+def test_store_rows_of_equals_its_definition(case):
+    """Row of each listed path: its one store row, -1 when absent, -2 when the store holds it twice; the same
+    whichever way round the lookup goes."""
+    from megabench.evaluation.megaface import store_rows_of
+
+    rng = np.random.default_rng(7)
+    store = [f"d{i % 97}/{i}.jpg" for i in range(400)]
+    if case != "a list equal to the store":
+        store[5] = store[300]  # held twice
+    universe = store + ["x/absent1.jpg", "x/absent2.jpg"]
+    n_list = {"a list equal to the store": 30, "few wanted paths": 30, "many wanted paths": 350}[case]
+    lists = {10 * (k + 1): list(dict.fromkeys(rng.choice(universe, n_list, replace=False).tolist())) for k in range(3)}
+    if case == "a list equal to the store":
+        lists[400] = list(store)
+
+    def row(p):
+        hits = [i for i, q in enumerate(store) if q == p]
+        return hits[0] if len(hits) == 1 else (-1 if not hits else -2)
+
+    got = store_rows_of(store, lists)
+    assert sorted(got) == sorted(lists)
+    for size, paths in lists.items():
+        assert got[size].tolist() == [row(p) for p in paths], size
+    if case != "a list equal to the store":
+        assert any((got[s] == -2).any() or (got[s] == -1).any() for s in got)

@@ -42,8 +42,9 @@ HIST_BUDGET_BYTES = 1 << 30
 HIST_DTYPE = np.uint16
 INT32_SAFE = (1 << 31) - 1
 #: a class is *young* while the pass would find more than about this many top candidates among its rows
-#: (k x its rows in the block / its rows seen before); its floor is then first raised from a histogram
-PRE_LIMIT = 1 << 15
+#: (k x its rows in the block / its rows seen before); its floor is then first raised from a histogram.
+#: Below it, collecting the candidates (buffers of CAND_CAP per thread) is cheaper than that extra pass.
+PRE_LIMIT = 1 << 18
 #: bins over [-1, 1] of that histogram (the floor it gives is at most two bins below the true bound)
 YOUNG_BINS = 1 << 16
 #: rows per low-trial tile (a tile holds len(low_cols) x TILE_ROWS float32 per thread)

@@ -62,6 +62,15 @@ print(json.dumps({"wall": wall, "timings": res["timings"], "peak_rss_mb": peak, 
 """
 
 
+def steal_seconds() -> float | None:
+    """CPU time the hypervisor gave to other guests so far (Linux ``/proc/stat`` steal column), or None."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def warm_page_cache(*paths: Path) -> None:
     """Read the files once so that the engine's run finds them in the page cache, as the floor finds its
     features in memory. (The machines this runs on page out files unread for a minute: the floors run
@@ -246,8 +255,10 @@ def bench_floor(a, folder: Path) -> None:
     x = load_normalised(folder / "megaface.h5")
     gemm_t = [bare_gemm(pr.features, x, a.block_rows, a.device)]  # floors before and after: machine may be shared
     gemm_np = [bare_gemm_numpy(pr.features, x, a.block_rows)]
+    steal0 = steal_seconds()
     eng = run_engine(folder, sizes, a.block_rows, kernel=a.kernel, prefetch=a.prefetch == "on", backend=a.backend,
                      device=a.device)
+    steal1 = steal_seconds()
     for _ in range(max(1, a.repeats - 1)):
         gemm_t.append(bare_gemm(pr.features, x, a.block_rows, a.device))
         gemm_np.append(bare_gemm_numpy(pr.features, x, a.block_rows))
@@ -260,6 +271,8 @@ def bench_floor(a, folder: Path) -> None:
     print(f"== {len(pr.paths)} probes x {a.distractors:,} distractors x {a.dim} (block {a.block_rows}, "
           f"kernel {a.kernel}, prefetch {a.prefetch}, GEMM {used} on {a.device}) ==")
     print(f"machine load average (1, 5, 15 min): {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs")
+    if steal0 is not None and steal1 is not None:  # a shared host: CPU taken from this VM during the engine's run
+        print(f"host steal during the megabench run: {steal1 - steal0:.1f} CPU-s (0 on a quiet host)")
     print(f"bare blocked GEMM      : median {floor:.1f}s of {[round(g, 1) for g in gemm]} ({name}, as the engine)")
     print(f"{other:>5} blocked GEMM    : median {floor_o:.1f}s of {[round(g, 1) for g in gemm_o]}")
     print(f"megabench (all sizes)  : {eng['wall']:.1f}s  (stream {eng['timings']['stream']:.1f}s, "

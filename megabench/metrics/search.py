@@ -114,11 +114,11 @@ def make_backend(name: str, probes: np.ndarray, device: str = "cpu") -> ScoreBac
     return BACKENDS.get(name)(probes, device)
 
 
-def normalize_block(x, *, source: str, first_row: int = 0, rows: np.ndarray | None = None, inplace: bool = False):
+def normalize_block(x, *, source: str, rows: np.ndarray | None = None, inplace: bool = False):
     """L2-normalise the rows of a float32 torch tensor or numpy array (numpy: no torch import; ``inplace``
     divides ``x`` itself); NaN/inf/zero-norm rows -> :class:`DataError`.
 
-    The message names store rows: ``rows[i]`` for row i when given, else ``first_row + i``.
+    The message names store rows: ``rows[i]`` for row i when given, else i.
     """
     if isinstance(x, np.ndarray):
         norms = np.sqrt(np.einsum("ij,ij->i", x, x))
@@ -129,7 +129,7 @@ def normalize_block(x, *, source: str, first_row: int = 0, rows: np.ndarray | No
         norms = torch.linalg.vector_norm(x, dim=1)
         bad = torch.nonzero(~torch.isfinite(norms) | (norms == 0)).reshape(-1).cpu().numpy()
     if bad.size:
-        named = (np.asarray(rows)[bad] if rows is not None else bad + first_row).tolist()
+        named = (np.asarray(rows)[bad] if rows is not None else bad).tolist()
         raise DataError(f"{source}: {len(named)} feature row(s) are NaN/inf or have zero norm (first rows "
                         f"{named[:5]}); re-extract them or drop those images")
     if isinstance(x, np.ndarray):

@@ -1145,7 +1145,6 @@ def run_megaface(spec: MegafaceSpec, options: MegafaceOptions, *, dist_info=None
     return assemble_result(spec, opts, inputs, stack, variants, fp, k, info.world, timings, acc.kernel_name)
 
 
-
 def compute_variant(acc, plan, mem: Membership, spec: MegafaceSpec, ties: str, noisy_dist: np.ndarray) -> dict:
     """Per-size identification and verification numbers of one variant (see module docstring)."""
     from megabench.metrics.identification import (

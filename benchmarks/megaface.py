@@ -8,7 +8,8 @@ Usage: ``python benchmarks/megaface.py [--distractors 1000000] [--dim 512] [--de
    ``auto`` = numpy's OpenBLAS on the CPU, as the engine) and with the other one; the best of the two is
    printed as a second floor.
 3. megabench: the full protocol (raw + refined, every size, ROC, ranks; reading the HDF5 store, warm in
-   the page cache) in a child process, so its peak RSS is its own -> ratio to the floor, peak memory. Then a per-block
+   the page cache) in a child process, so its peak RSS is its own, ``--engine-runs`` times interleaved with
+   the floor's passes -> each run's ratio, then the ratio of the two medians, peak memory. Then a per-block
    breakdown (GEMM vs the accumulator update of each kernel) on in-memory blocks.
 4. At ``--dense-at`` distractors: a dense evaluator (full probe x distractor score matrix, per-probe sort +
    searchsorted for ranks, argpartition for the TAR@FAR threshold) vs megabench on the same size.
@@ -199,6 +200,8 @@ def main() -> None:
     ap.add_argument("--dense-at", type=int, default=100_000)
     ap.add_argument("--block-rows", type=int, default=8192)
     ap.add_argument("--repeats", type=int, default=3, help="bare-GEMM passes (median reported)")
+    ap.add_argument("--engine-runs", type=int, default=3,
+                    help="megabench runs at --distractors, interleaved with the GEMM passes (median reported)")
     ap.add_argument("--skip-dense", action="store_true")
     ap.add_argument("--only-dense", action="store_true", help="only the dense-evaluator comparison")
     ap.add_argument("--kernel", default="auto", choices=["auto", "fused", "torch"], help="the engine's block kernel")
@@ -253,37 +256,50 @@ def bench_floor(a, folder: Path) -> None:
     sizes = [s for s in STANDARD_SIZES if s <= a.distractors] or [a.distractors]
     pr = load_probes(folder / "facescrub.h5", folder / "facescrub_features_list.json")
     x = load_normalised(folder / "megaface.h5")
-    gemm_t = [bare_gemm(pr.features, x, a.block_rows, a.device)]  # floors before and after: machine may be shared
-    gemm_np = [bare_gemm_numpy(pr.features, x, a.block_rows)]
-    steal0 = steal_seconds()
-    eng = run_engine(folder, sizes, a.block_rows, kernel=a.kernel, prefetch=a.prefetch == "on", backend=a.backend,
-                     device=a.device)
-    steal1 = steal_seconds()
-    for _ in range(max(1, a.repeats - 1)):
-        gemm_t.append(bare_gemm(pr.features, x, a.block_rows, a.device))
-        gemm_np.append(bare_gemm_numpy(pr.features, x, a.block_rows))
-    used = eng.get("backend", "torch")
+    # floors and engine runs interleaved: this machine drifts by +-1.5 s between runs, so each side is a median
+    gemm_t, gemm_np, engines, steals = [], [], [], []
+    for i in range(max(a.repeats, a.engine_runs)):
+        if i < a.repeats:
+            gemm_t.append(bare_gemm(pr.features, x, a.block_rows, a.device))
+            gemm_np.append(bare_gemm_numpy(pr.features, x, a.block_rows))
+        if i < a.engine_runs:
+            steal0 = steal_seconds()
+            engines.append(run_engine(folder, sizes, a.block_rows, kernel=a.kernel, prefetch=a.prefetch == "on",
+                                      backend=a.backend, device=a.device))
+            steal1 = steal_seconds()
+            steals.append(None if steal0 is None or steal1 is None else steal1 - steal0)
+    used = engines[0].get("backend", "torch")
     lib = {"torch": ("torch", gemm_t), "numpy": ("numpy", gemm_np)}
     (name, gemm), (other, gemm_o) = lib[used], lib["torch" if used == "numpy" else "numpy"]
     floor, floor_o = statistics.median(gemm), statistics.median(gemm_o)
     best = min(floor, floor_o)
+
+    def med(key: str) -> float:
+        return statistics.median(e["timings"][key] for e in engines)
+
+    wall = statistics.median(e["wall"] for e in engines)
     load = os.getloadavg()
     print(f"== {len(pr.paths)} probes x {a.distractors:,} distractors x {a.dim} (block {a.block_rows}, "
           f"kernel {a.kernel}, prefetch {a.prefetch}, GEMM {used} on {a.device}) ==")
     print(f"machine load average (1, 5, 15 min): {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs")
-    if steal0 is not None and steal1 is not None:  # a shared host: CPU taken from this VM during the engine's run
-        print(f"host steal during the megabench run: {steal1 - steal0:.1f} CPU-s (0 on a quiet host)")
     print(f"bare blocked GEMM      : median {floor:.1f}s of {[round(g, 1) for g in gemm]} ({name}, as the engine)")
     print(f"{other:>5} blocked GEMM    : median {floor_o:.1f}s of {[round(g, 1) for g in gemm_o]}")
-    print(f"megabench (all sizes)  : {eng['wall']:.1f}s  (stream {eng['timings']['stream']:.1f}s, "
-          f"load+hash {eng['timings']['load']:.1f}s, compute {eng['timings']['compute']:.1f}s)")
-    print(f"ratio total / GEMM     : {eng['wall'] / floor:.2f}x   stream / GEMM: "
-          f"{eng['timings']['stream'] / floor:.2f}x")
-    print(f"ratio total / best GEMM: {eng['wall'] / best:.2f}x   (best of torch / numpy GEMM: {best:.1f}s)")
-    print(f"beyond the GEMM        : {eng['wall'] - floor:.1f}s (load+hash, accumulator, compute)")
+    for i, (e, st) in enumerate(zip(engines, steals, strict=True)):
+        t = e["timings"]
+        steal = f", host steal {st:.1f} CPU-s" if st is not None else ""  # 0 on a quiet host
+        print(f"megabench run {i + 1}        : {e['wall']:.1f}s  (stream {t['stream']:.1f}s, load+hash "
+              f"{t['load']:.1f}s, compute {t['compute']:.1f}s{steal}) -> {e['wall'] / floor:.2f}x")
+    print(f"megabench (all sizes)  : median {wall:.1f}s of {len(engines)}  (stream {med('stream'):.1f}s, "
+          f"load+hash {med('load'):.1f}s, compute {med('compute'):.1f}s)")
+    print(f"ratio total / GEMM     : {wall / floor:.2f}x   stream / GEMM: {med('stream') / floor:.2f}x")
+    print(f"ratio total / best GEMM: {wall / best:.2f}x   (best of torch / numpy GEMM: {best:.1f}s)")
+    print(f"beyond the GEMM        : {wall - floor:.1f}s (load+hash, accumulator, compute)")
     feat_mb = a.distractors * a.dim * 4 / 2**20
-    print(f"megabench peak RSS     : {eng['peak_rss_mb']:.0f} MB (features on disk: {feat_mb:.0f} MB, streamed)")
-    print(f"rank-1 raw/refined at largest size: {json.dumps(eng['sizes'][str(sizes[-1])])}")
+    peak = max(e["peak_rss_mb"] for e in engines)
+    print(f"megabench peak RSS     : {peak:.0f} MB (features on disk: {feat_mb:.0f} MB, streamed)")
+    answers = {json.dumps(e["sizes"][str(sizes[-1])]) for e in engines}
+    same = "" if len(answers) == 1 else f"  (RUNS DIFFER: {sorted(answers)})"
+    print(f"rank-1 raw/refined at largest size: {json.dumps(engines[0]['sizes'][str(sizes[-1])])}{same}")
     if a.breakdown_blocks > 0:
         n = min(a.breakdown_blocks, x.shape[0] // a.block_rows - 1)
         if n > 0 and a.device == "cpu":

@@ -162,3 +162,23 @@ def test_two_gloo_ranks_give_the_identical_store(tmp_path):
     assert np.array_equal(a["features"], b["features"]) and np.array_equal(a["flip"], b["flip"])
     assert a["paths"] == b["paths"]
     assert not parts_dir(tmp_path / "ranks.h5").exists()
+
+
+# ------------------------------------------------------------------- CUDA: `pytest -m cuda` on a GPU machine
+@pytest.mark.cuda
+@pytest.mark.parametrize(("amp", "min_cos"), [("none", 0.9999), ("bf16", 0.99)])
+def test_cuda_extraction_matches_the_cpu_store(tmp_path, amp, min_cos):
+    """The same images, model and batches on the GPU (float32, or bf16 autocast): every row and its flip
+    point the same way as on the CPU, and the stores name the same paths."""
+    files = _write_tree(tmp_path / "img", 6)
+    model = _model()
+    src = ImageFiles(files, (112, 112))
+    cpu = _read(extract_features(model, src, tmp_path / "cpu.h5", batch_size=4, progress=False,
+                                 echo=lambda m: None))
+    gpu = _read(extract_features(_model().to("cuda"), src, tmp_path / "gpu.h5", batch_size=4, device="cuda",
+                                 amp=amp, progress=False, echo=lambda m: None))
+    assert gpu["paths"] == cpu["paths"]
+    for key in ("features", "flip"):
+        a, b = cpu[key].astype(np.float64), gpu[key].astype(np.float64)
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        assert cos.min() > min_cos, (key, amp, cos)

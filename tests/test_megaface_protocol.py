@@ -470,3 +470,19 @@ def test_zero_score_bin_equals_torch_histc():
         hs = HistSpec(n_core)
         acc = MegafaceAccumulator([], 1, 10, hs, kernel="torch")
         np.testing.assert_array_equal(acc.zero_hist, histogram(torch.zeros(1), hs))
+
+
+# --- CUDA: `pytest -m cuda` on a GPU machine (deselected elsewhere) ---------------------------------------
+@pytest.mark.cuda
+@pytest.mark.parametrize("refine", ["insightface", "facex"])
+def test_protocol_on_cuda_equals_cpu_and_bruteforce(tmp_path, refine):
+    """--device cuda (torch GEMM and the torch kernel on the GPU): every score of this world is a multiple of
+    1/64, exact in any summation order, so the numbers equal the CPU run's and the brute force, bit for bit."""
+    w = make_world(6)
+    write_world(w, tmp_path)
+    cpu = run(tmp_path, w, refine=refine)
+    gpu = run(tmp_path, w, refine=refine, device="cuda")
+    assert gpu["environment"]["device"] == "cuda" and cpu["environment"]["device"] == "cpu"
+    assert gpu["variants"] == cpu["variants"]
+    check_against(gpu, brute(w, seed_rows(len(w["X"]), (10, 50, 300), 0), refine, "conservative"),
+                  exact_only=True)

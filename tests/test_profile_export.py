@@ -195,3 +195,17 @@ def test_random_bytes_are_never_a_checkpoint_and_never_a_traceback(tmp_path):
                 read_checkpoint(path)
             seen.add(type(info.value).__name__)
     assert "DataError" in seen
+
+
+@pytest.mark.cuda
+def test_profile_on_cuda_measures_the_gpu() -> None:
+    """`megabench profile --device cuda`: latencies and the training step's peak CUDA memory (the paper's
+    GPU-memory column), larger at a larger batch."""
+    from megabench.profiling import METHOD_CUDA
+
+    small = profile_model("iresnet_tiny", batch=4, device="cuda", warmup=1, repeats=2, num_classes=100)
+    big = profile_model("iresnet_tiny", batch=64, device="cuda", warmup=1, repeats=2, num_classes=100)
+    assert small["device"] == "cuda" and small["train_memory"]["method"] == METHOD_CUDA
+    assert small["latency_ms"]["batch1"] > 0 and small["latency_ms"]["batchN"] > 0
+    assert 0 < small["train_peak_mem_mb"] < big["train_peak_mem_mb"]
+    assert small["params"] == profile_model("iresnet_tiny", batch=2, warmup=0, repeats=1, memory=False)["params"]

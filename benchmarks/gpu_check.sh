@@ -26,7 +26,7 @@ WORK=${WORK:-/tmp/megabench_gpu_check}
 EXTRACT_MODEL=${EXTRACT_MODEL:-sranet_r100}
 PAIRS=${PAIRS:-1200}
 LOGS="$WORK/logs"
-mkdir -p "$OUT" "$LOGS"
+mkdir -p "$OUT" "$LOGS" && touch "$OUT/summary.txt" || { echo "error: cannot write to $OUT or $LOGS; set OUT (and WORK) to writable folders" >&2; exit 1; }
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export MEGABENCH_CACHE=${MEGABENCH_CACHE:-$WORK/cache}
 SUMMARY="$OUT/summary.txt"

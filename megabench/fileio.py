@@ -114,30 +114,9 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> str:
     """Hex sha256 of the file's bytes, read in ``chunk_bytes`` pieces into one reused buffer."""
-    h = hashlib.sha256()
-    buf = bytearray(chunk_bytes)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
+    from megabench._sha256 import sha256_of
 
-
-#: the child of :class:`BackgroundSha256`: :func:`sha256_file`'s loop, 16 MB pieces; prints "ok <hex>" or
-#: "error <errno> <message>"
-_HASH_CHILD = """import hashlib, sys
-h = hashlib.sha256()
-buf = bytearray(1 << 24)
-view = memoryview(buf)
-try:
-    with open(sys.argv[1], "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            h.update(view[:n])
-except OSError as exc:
-    print("error", exc.errno or 0, exc.strerror or exc)
-    sys.exit(1)
-print("ok", h.hexdigest())
-"""
+    return sha256_of(path, chunk_bytes)
 
 
 class BackgroundSha256:
@@ -155,7 +134,8 @@ class BackgroundSha256:
         self.path = Path(path)
         self._hex: str | None = None
         self._cancelled = False
-        self._proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _HASH_CHILD, str(self.path)],
+        child = Path(__file__).with_name("_sha256.py")  # sha256_file's loop, standard library only
+        self._proc = subprocess.Popen([sys.executable, "-I", "-S", str(child), str(self.path)],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def result(self) -> str:

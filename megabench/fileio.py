@@ -9,7 +9,8 @@
 - :func:`resolve_inside`: a path named by a data file (store ``paths``, pair lists, devkit lists) must
   resolve inside its root, or it is refused.
 - :func:`sha256_file`, :class:`BackgroundSha256` (the same hash computed in a child process while the
-  caller does other work).
+  caller does other work); the digest of a large file is remembered while the file is unchanged (same
+  device, inode, size, mtime and ctime: :func:`remembered_sha256`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -112,11 +114,95 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_bytes(path, dumps_json(obj).encode("utf-8"))
 
 
+#: files of at least this many bytes have their sha256 remembered in :func:`sha256_cache_path`
+SHA256_CACHE_MIN_BYTES = 64 << 20
+#: entries kept in that file (the longest-remembered go first)
+SHA256_CACHE_ENTRIES = 256
+#: a file changed less than this long before it was hashed is not remembered: file times tick coarsely
+#: (a jiffy), so a second write within the same tick could leave size, mtime and ctime as they were
+SHA256_SETTLE_NS = 2_000_000_000
+
+
+def sha256_cache_path() -> Path:
+    """``<megabench cache>/sha256-cache.json``: remembered digests of large files (see :func:`remembered_sha256`)."""
+    from megabench.config import cache_dir
+
+    return cache_dir() / "sha256-cache.json"
+
+
+def _stat_key(path: PathLike) -> tuple[str, list[int]] | None:
+    """(``dev:ino``, ``[size, mtime_ns, ctime_ns]``) of a regular file of at least SHA256_CACHE_MIN_BYTES."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_size < SHA256_CACHE_MIN_BYTES:
+        return None
+    return f"{st.st_dev}:{st.st_ino}", [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _settled_key(path: PathLike) -> tuple[str, list[int]] | None:
+    """:func:`_stat_key` of a file that has not changed for SHA256_SETTLE_NS (else None: not to be remembered)."""
+    key = _stat_key(path)
+    if key is None or time.time_ns() - max(key[1][1:]) < SHA256_SETTLE_NS:
+        return None
+    return key
+
+
+def _read_sha256_cache() -> dict[str, Any]:
+    try:
+        data = json.loads(sha256_cache_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    entries = data.get("entries") if isinstance(data, dict) and data.get("version") == 1 else None
+    return entries if isinstance(entries, dict) else {}
+
+
+def remembered_sha256(path: PathLike) -> str | None:
+    """The sha256 remembered for ``path`` by :func:`remember_sha256`, if the file is unchanged since.
+
+    Unchanged means the same file (device and inode) with the same size, modification time and status-change
+    time, all in nanoseconds. Any write to a file moves its ctime, and ctime cannot be set back (``touch``
+    and ``os.utime`` set mtime and so move ctime too): a changed file never matches (git decides which files
+    to re-hash the same way). Files under SHA256_CACHE_MIN_BYTES are never remembered: hashing them is cheap.
+    """
+    key = _stat_key(path)
+    if key is None:
+        return None
+    entry = _read_sha256_cache().get(key[0])
+    if isinstance(entry, dict) and entry.get("stat") == key[1] and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    return None
+
+
+def remember_sha256(path: PathLike, digest: str, key: tuple[str, list[int]] | None) -> None:
+    """Remember ``digest`` for ``path`` if its stat still equals ``key`` (:func:`_settled_key`, taken before the
+    hash was read: None when the file had changed less than SHA256_SETTLE_NS before, a "racy" entry as git
+    calls it): a file written while it was hashed is not remembered. Best effort: an unwritable cache is
+    ignored."""
+    if key is None or _stat_key(path) != key:
+        return
+    entries = _read_sha256_cache()
+    entries.pop(key[0], None)
+    entries[key[0]] = {"stat": key[1], "sha256": digest, "path": str(Path(path).resolve())}
+    for old in list(entries)[:-SHA256_CACHE_ENTRIES]:
+        del entries[old]
+    with contextlib.suppress(OSError):
+        atomic_write_json(sha256_cache_path(), {"version": 1, "entries": entries})
+
+
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> str:
-    """Hex sha256 of the file's bytes, read in ``chunk_bytes`` pieces into one reused buffer."""
+    """Hex sha256 of the file's bytes, read in ``chunk_bytes`` pieces into one reused buffer (a large file's
+    digest is remembered while the file is unchanged: :func:`remembered_sha256`)."""
     from megabench._sha256 import sha256_of
 
-    return sha256_of(path, chunk_bytes)
+    known = remembered_sha256(path)
+    if known is not None:
+        return known
+    key = _settled_key(path)
+    digest = sha256_of(path, chunk_bytes)
+    remember_sha256(path, digest, key)
+    return digest
 
 
 class BackgroundSha256:
@@ -127,16 +213,26 @@ class BackgroundSha256:
     caller's long C calls (an HDF5 read, a JSON parse, a dict of 1M paths) hold it, so the hash took
     ~3 s beside them; a process has its own interpreter. :meth:`result` waits and returns the hex digest,
     or raises the child's ``OSError`` (``FileNotFoundError`` for a missing file); :meth:`cancel` stops the
-    child (the caller gave up: its own error wins).
+    child (the caller gave up: its own error wins). A digest that :func:`remembered_sha256` still holds for
+    the file is returned without starting a child; a computed one is remembered.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self._hex: str | None = None
+        self._hex: str | None = remembered_sha256(self.path)
         self._cancelled = False
+        self._proc: subprocess.Popen | None = None
+        if self._hex is not None:  # unchanged since it was hashed: no child
+            return
+        self._key = _settled_key(self.path)
         child = Path(__file__).with_name("_sha256.py")  # sha256_file's loop, standard library only
         self._proc = subprocess.Popen([sys.executable, "-I", "-S", str(child), str(self.path)],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    @property
+    def remembered(self) -> bool:
+        """True when the digest came from :func:`remembered_sha256` (no child was started)."""
+        return self._proc is None
 
     def result(self) -> str:
         if self._hex is not None:
@@ -145,6 +241,7 @@ class BackgroundSha256:
         words = out.split(maxsplit=2)
         if self._proc.returncode == 0 and len(words) == 2 and words[0] == "ok":
             self._hex = words[1]
+            remember_sha256(self.path, self._hex, self._key)
             return self._hex
         if self._cancelled:
             raise RuntimeError(f"the hash of {self.path} was cancelled before it finished")
@@ -153,6 +250,8 @@ class BackgroundSha256:
         raise RuntimeError(f"hashing {self.path} failed (exit {self._proc.returncode}): {err.strip()[-500:]}")
 
     def cancel(self) -> None:
+        if self._proc is None:
+            return
         if self._proc.poll() is None:
             self._cancelled = True
             self._proc.kill()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 
 import pytest
 
@@ -153,8 +154,10 @@ def test_background_sha256_reraises_the_threads_error(tmp_path):
         BackgroundSha256(tmp_path / "missing.h5").result()
 
 
-def test_background_sha256_cancel_never_gives_a_digest(tmp_path):
+def test_background_sha256_cancel_never_gives_a_digest(tmp_path, monkeypatch):
     from megabench.fileio import BackgroundSha256
+
+    monkeypatch.setenv("MEGABENCH_CACHE", str(tmp_path / "cache"))
 
     path = tmp_path / "big"
     path.write_bytes(b"x" * (64 << 20))
@@ -178,3 +181,98 @@ def test_sha256_file_equals_hashlib_across_piece_boundaries(tmp_path, size):
     path = tmp_path / "f"
     path.write_bytes(data[:size])
     assert sha256_file(path, chunk_bytes=1024) == hashlib.sha256(data[:size]).hexdigest()
+
+
+# ----------------------------------------------------------------------------- remembered digests
+@pytest.fixture
+def sha_cache(tmp_path, monkeypatch):
+    """A private cache, a 1 KiB threshold and no settle time (the tests wait a tick between writes)."""
+    import megabench.fileio as fio
+
+    monkeypatch.setenv("MEGABENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fio, "SHA256_CACHE_MIN_BYTES", 1024)
+    monkeypatch.setattr(fio, "SHA256_SETTLE_NS", 0)
+    return fio
+
+
+def _no_reading(monkeypatch):
+    import megabench._sha256
+
+    def refuse(*a, **k):
+        raise AssertionError("the file was read again")
+
+    monkeypatch.setattr(megabench._sha256, "sha256_of", refuse)
+
+
+def test_a_large_files_digest_is_remembered_and_not_read_again(tmp_path, monkeypatch, sha_cache):
+    import hashlib
+
+    data = os.urandom(5000)
+    path = tmp_path / "store.h5"
+    path.write_bytes(data)
+    time.sleep(0.05)
+    assert sha_cache.BackgroundSha256(path).result() == hashlib.sha256(data).hexdigest()
+    assert sha_cache.sha256_cache_path().is_file()
+    _no_reading(monkeypatch)
+    again = sha_cache.BackgroundSha256(path)
+    assert again.remembered and again.result() == hashlib.sha256(data).hexdigest()
+    assert sha_cache.sha256_file(path) == hashlib.sha256(data).hexdigest()
+    link = tmp_path / "link.h5"  # the same file under another name (a hard link would move its ctime)
+    link.symlink_to(path)
+    assert sha_cache.remembered_sha256(link) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("change", ["rewrite_same_size_same_mtime", "replace_by_rename", "append"])
+def test_a_changed_file_is_hashed_again(tmp_path, sha_cache, change):
+    import hashlib
+
+    path = tmp_path / "store.h5"
+    path.write_bytes(b"a" * 4096)
+    time.sleep(0.05)
+    old = sha_cache.sha256_file(path)
+    assert sha_cache.remembered_sha256(path) == old
+    time.sleep(0.05)  # past the coarse file-time tick
+    st = os.stat(path)
+    if change == "rewrite_same_size_same_mtime":  # the content changes, size and mtime are put back
+        with open(path, "r+b") as fh:
+            fh.write(b"b")
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert os.stat(path).st_mtime_ns == st.st_mtime_ns and os.stat(path).st_size == st.st_size
+    elif change == "replace_by_rename":
+        other = tmp_path / "other"
+        other.write_bytes(b"b" * 4096)
+        os.replace(other, path)
+    else:
+        with open(path, "ab") as fh:
+            fh.write(b"b")
+    assert sha_cache.remembered_sha256(path) is None
+    assert sha_cache.sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest() != old
+
+
+def test_small_and_just_written_files_are_not_remembered(tmp_path, monkeypatch, sha_cache):
+    small = tmp_path / "small"
+    small.write_bytes(b"x" * 1023)
+    sha_cache.sha256_file(small)
+    assert sha_cache.remembered_sha256(small) is None
+    monkeypatch.setattr(sha_cache, "SHA256_SETTLE_NS", 60 * 10**9)  # written a minute ago at most: racy
+    fresh = tmp_path / "fresh"
+    fresh.write_bytes(b"x" * 4096)
+    sha_cache.BackgroundSha256(fresh).result()
+    assert sha_cache.remembered_sha256(fresh) is None
+
+
+def test_an_unwritable_or_corrupt_cache_only_costs_the_hash(tmp_path, monkeypatch, sha_cache):
+    import hashlib
+
+    path = tmp_path / "store.h5"
+    path.write_bytes(b"z" * 4096)
+    time.sleep(0.05)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("MEGABENCH_CACHE", str(blocker / "cache"))
+    assert sha_cache.sha256_file(path) == hashlib.sha256(b"z" * 4096).hexdigest()
+    monkeypatch.setenv("MEGABENCH_CACHE", str(tmp_path / "cache2"))
+    sha_cache.sha256_cache_path().parent.mkdir()
+    sha_cache.sha256_cache_path().write_text("{not json")
+    assert sha_cache.BackgroundSha256(path).result() == hashlib.sha256(b"z" * 4096).hexdigest()
+    assert sha_cache.remembered_sha256(path) == hashlib.sha256(b"z" * 4096).hexdigest()  # rewritten whole

@@ -31,6 +31,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -715,7 +716,8 @@ def match_noise(spec: MegafaceSpec, opts: MegafaceOptions, probe_paths: list[str
     fs_list, mf_list = read_noise_list(fs_path), read_noise_list(mf_path, tab_field=True)
     noisy_probe, fs_matched = match_facescrub_noise(probe_paths, fs_list)
     used = np.flatnonzero(membership.row_class >= 0)
-    m_used, mf_matched = match_megaface_noise([store_paths[i] for i in used], mf_list)
+    m_used, mf_matched = match_megaface_noise(store_paths if used.size == len(store_paths)
+                                              else [store_paths[i] for i in used], mf_list)
     noisy_dist[used[m_used]] = True
     for what, matched, lst, p in (("facescrub", fs_matched, fs_list, fs_path),
                                   ("megaface", mf_matched, mf_list, mf_path)):
@@ -757,12 +759,23 @@ def check_overlap(probes: Probes, store_paths: list[str], membership: Membership
     """Refuse distractors that are the probes: a used distractor path equal to a probe path, or most of the
     sampled distractor rows identical to some probe (score >= SAME_ROW_SCORE). A few copies are real MegaFace
     noise (the noise lists name them) and pass."""
-    both = set(probes.paths).intersection(store_paths)  # a C loop over the store's paths
+    refuse_shared_paths(probes.paths, store_paths, membership, source)
+    refuse_probe_copies(sample_scores, source)
+
+
+def refuse_shared_paths(probe_paths: list[str], store_paths: list[str], membership: Membership, source: str) -> None:
+    """:class:`DataError` when a used distractor path is a probe path (the paths half of :func:`check_overlap`)."""
+    both = set(probe_paths).intersection(store_paths)  # a C loop over the store's paths
     used = {p for i, p in enumerate(store_paths) if p in both and membership.row_class[i] >= 0} if both else set()
-    shared = [p for p in probes.paths if p in used]
+    shared = [p for p in probe_paths if p in used]
     if shared:
         raise DataError(f"{source}: {len(shared)} distractor path(s) are probe paths (first: {shared[:3]}); the "
                         "probe store was probably given as --distractors: pass the MegaFace distractor store")
+
+
+def refuse_probe_copies(sample_scores: np.ndarray, source: str) -> None:
+    """:class:`DataError` when most sampled distractor rows are copies of probes (the scores half of
+    :func:`check_overlap`)."""
     if sample_scores.shape[0] >= 10:
         copies = float((sample_scores.max(axis=1) >= SAME_ROW_SCORE).mean())
         if copies > MAX_COPY_FRACTION:
@@ -771,14 +784,39 @@ def check_overlap(probes: Probes, store_paths: list[str], membership: Membership
                             "distractor store")
 
 
+def distractor_tables(spec: MegafaceSpec, opts: MegafaceOptions, probe_paths: list[str] | Callable[[], list[str]],
+                      store=None) -> tuple[Membership, dict[str, str], NoiseMatch]:
+    """Everything the distractor store's ``paths`` decide, in this order: membership (+ the lists' sha256),
+    no used distractor path a probe path (:func:`refuse_shared_paths`), the noise flags (:func:`match_noise`).
+
+    ``probe_paths``: the list, or a function returning it (called once membership is known). ``store``: the
+    open distractor store, or None to open ``opts.distractors`` here (the child process of
+    :class:`~megabench.evaluation.megaface_tables.BackgroundTables` does so).
+    """
+    from megabench.data.megaface_io import open_store
+
+    source = str(opts.distractors)
+    if store is None:
+        with open_store(opts.distractors, "--distractors") as own:
+            store_paths = own.paths()
+    else:
+        store_paths = store.paths()
+    membership, lists_sha = distractor_membership(spec, opts, store_paths, source)
+    if callable(probe_paths):
+        probe_paths = probe_paths()
+    refuse_shared_paths(probe_paths, store_paths, membership, source)
+    noise = match_noise(spec, opts, probe_paths, store_paths, membership)
+    return membership, lists_sha, noise
+
+
 @dataclass
 class MegafaceInputs:
     """Everything read before the pass: probes, the open distractor store, membership, noise, a sample,
-    and the distractor store's sha256 (hashed in a thread while the rest was read: :meth:`distractors_sha256`)."""
+    and the distractor store's sha256 (hashed in a child process while the rest was read:
+    :meth:`distractors_sha256`)."""
 
     probes: Probes
     store: Any  # an open FeatureStore (close with :meth:`close`)
-    store_paths: list[str]
     membership: Membership
     lists_sha: dict[str, str]
     noise: NoiseMatch
@@ -794,32 +832,66 @@ class MegafaceInputs:
 
 
 def load_inputs(spec: MegafaceSpec, opts: MegafaceOptions) -> MegafaceInputs:
-    """Read and cross-check the inputs of a run (``opts`` resolved); the caller closes the store."""
+    """Read and cross-check the inputs of a run (``opts`` resolved); the caller closes the store.
+
+    Beside this process, a child hashes the distractor store (unless its digest is remembered) and, for a
+    store of at least ``TABLES_CHILD_MIN_ROWS`` rows, another computes :func:`distractor_tables` while this
+    one loads the fused kernel's compiled code (:func:`warm_kernels`): the same results as in-process.
+    """
     from megabench.data.megaface_io import open_store
+    from megabench.evaluation.megaface_tables import BackgroundTables, wants_child
     from megabench.fileio import BackgroundSha256
+    from megabench.metrics.streaming import resolve_kernel
 
     store_hash = BackgroundSha256(opts.distractors)  # the largest input: hashed while the rest is read
+    tables = BackgroundTables(spec, opts) if wants_child(opts.distractors) else None
+    store = None
     try:
+        resolve_kernel(opts.kernel, opts.device)  # fused without numba: refused before any reading
         probes = load_probes(opts.probes, opts.probe_list)
+        if tables is not None:
+            tables.send_probe_paths(probes.paths)
         store = open_store(opts.distractors, "--distractors")
-    except BaseException:
-        store_hash.cancel()
-        raise
-    try:
         if store.dim != probes.features.shape[1]:
             raise DataError(f"{opts.distractors}: distractor features have dimension {store.dim} but the probes "
                             f"({opts.probes}) have {probes.features.shape[1]}; extract both with the same model")
         _warn_if_models_differ(probes.meta, store.meta, str(opts.probes), str(opts.distractors))
-        store_paths = store.paths()
-        membership, lists_sha = distractor_membership(spec, opts, store_paths, str(opts.distractors))
+        if tables is not None:
+            warm_kernels(spec, opts)
+            membership, lists_sha, noise = tables.result()
+        else:
+            membership, lists_sha, noise = distractor_tables(spec, opts, probes.paths, store)
         sample = impostor_sample(store, membership, probes)
-        check_overlap(probes, store_paths, membership, sample, str(opts.distractors))
-        noise = match_noise(spec, opts, probes.paths, store_paths, membership)
+        refuse_probe_copies(sample, str(opts.distractors))
     except BaseException:
+        if tables is not None:
+            tables.cancel()
         store_hash.cancel()
-        store.close()
+        if store is not None:
+            store.close()
         raise
-    return MegafaceInputs(probes, store, store_paths, membership, lists_sha, noise, sample, store_hash)
+    return MegafaceInputs(probes, store, membership, lists_sha, noise, sample, store_hash)
+
+
+def warm_kernels(spec: MegafaceSpec, opts: MegafaceOptions) -> None:
+    """Load the fused kernel's compiled functions from numba's cache (~0.45 s the first time in a process),
+    through one update of a tiny accumulator built as a run builds its own, so that every argument has the
+    type of the run's. Nothing for the torch kernel."""
+    from megabench.metrics.streaming import resolve_kernel
+
+    if resolve_kernel(opts.kernel, opts.device) != "fused":
+        return
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    noisy_probe = np.arange(6) == 5
+    stack = build_stack(Probes(x, np.repeat(np.arange(2), 3), [str(i) for i in range(6)]), noisy_probe,
+                        opts.refine or "insightface", cut=0.0)
+    acc = make_accumulator(stack.plans, 2, 4, spec, replace(opts, device="cpu"))
+    d = rng.standard_normal((16, 8)).astype(np.float32)
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    acc.update(np.ascontiguousarray(d @ stack.vectors.T), np.arange(16) % 2, np.arange(16) % 5 == 0)
+    acc.flush()
 
 
 def run_fingerprint(spec: MegafaceSpec, opts: MegafaceOptions, inputs: MegafaceInputs, stack: Stack, k: int,
@@ -1103,7 +1175,6 @@ def run_megaface(spec: MegafaceSpec, options: MegafaceOptions, *, dist_info=None
     the blocks ``b % world == r`` and rank 0 merges. ``echo``: where the one-line notices go (default print).
     """
     from megabench.engine.distributed import DistInfo
-    from megabench.metrics.streaming import resolve_kernel
 
     info = dist_info or DistInfo()
     echo = echo or print
@@ -1111,7 +1182,6 @@ def run_megaface(spec: MegafaceSpec, options: MegafaceOptions, *, dist_info=None
     if opts.probes is None or opts.distractors is None:
         raise MegabenchError("megaface needs --probes and --distractors feature stores (or --synthetic N)")
     check_device(opts.device)
-    resolve_kernel(opts.kernel, opts.device)  # fused without numba or off the CPU: refused before any work
     if opts.state is not None:
         check_state_target(rank_state_path(opts.state, info.rank, info.world))
     timings: dict[str, float] = {}

@@ -443,10 +443,11 @@ class FusedKernel:
         wraps = 1 << (8 * self.hist.itemsize)
         for i, p in enumerate(acc.plans):
             merge_hist(self.hist, self.spill, self.wrapped, wraps, acc._state[p.name]["hist"], 1 << i, self.n_sig1)
-        # fresh callocs: zeroing in place would touch every page now (the pass touches only the bins it uses)
-        self.hist = np.zeros_like(self.hist)
+        # fresh callocs (np.zeros; np.zeros_like writes every page: 0.07 s each): zeroing in place would touch
+        # every page now, while the pass touches only the bins it uses
+        self.hist = np.zeros(self.hist.shape, self.hist.dtype)
         if self.wrapped.any():
-            self.spill = np.zeros_like(self.spill)
+            self.spill = np.zeros(self.spill.shape, self.spill.dtype)
             self.wrapped[:] = 0
         self.pending = 0
         self.timings["flush"] = self.timings.get("flush", 0.0) + time.perf_counter() - t0

@@ -92,7 +92,8 @@ def test_feature_store_roundtrip_float16(tmp_path):
         np.testing.assert_array_equal(np.concatenate([b[1] for b in blocks]), got)
 
 
-@pytest.mark.parametrize("layout", ["writer", "contiguous", "chunked by part rows", "compressed", "unwritten chunks"])
+@pytest.mark.parametrize("layout", ["writer", "contiguous", "chunked by part rows", "compressed", "unwritten chunks",
+                                    "chunks out of file order"])
 def test_feature_store_row_slices_equal_h5py(tmp_path, layout):
     """Row slices come straight from the file where the layout allows it (uncompressed float32, whole-row
     chunks or contiguous) and through h5py elsewhere; either way they equal h5py's own read."""
@@ -108,16 +109,19 @@ def test_feature_store_row_slices_equal_h5py(tmp_path, layout):
             del h5["features"]
             kw = {"contiguous": {}, "chunked by part rows": {"chunks": (100, 8)},
                   "compressed": {"chunks": (64, 16), "compression": "gzip"},
-                  "unwritten chunks": {"chunks": (64, 16)}}[layout]
+                  "unwritten chunks": {"chunks": (64, 16)}, "chunks out of file order": {"chunks": (64, 16)}}[layout]
             d = h5.create_dataset("features", shape=x.shape, dtype=np.float32, **kw)
-            if layout == "unwritten chunks":
+            if layout == "chunks out of file order":  # the last rows' chunks first: runs of neighbours and jumps
+                for lo in [1024, 960, 896, 0, 64, 512, 576, 128, 192, 256, 320, 384, 448, 640, 704, 768, 832]:
+                    d[lo:lo + 64] = x[lo:lo + 64]
+            elif layout == "unwritten chunks":
                 d[:500] = x[:500]  # rows 512.. never written: h5py returns the fill value (0)
                 x[500:] = 0
             else:
                 d[...] = x
     with open_features(p) as fs, h5py.File(p, "r") as h5:
         raw = fs._raw_rows("features", h5["features"])
-        assert (raw is not None) == (layout in ("writer", "contiguous", "unwritten chunks"))
+        assert (raw is not None) == (layout in ("writer", "contiguous", "unwritten chunks", "chunks out of file order"))
         assert RawRows.usable(h5["features"]) == (raw is not None)
         for lo, hi in [(0, 1037), (0, 1), (5, 700), (511, 513), (1000, 1037), (1036, 1037), (600, 600), (520, 530)]:
             got = fs.read(rows=slice(lo, hi))

@@ -150,3 +150,26 @@ def test_warm_kernels_loads_the_signatures_a_run_uses(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     before, after = json.loads(out.stdout.strip().splitlines()[-1])
     assert before == after == {"fused_block": 1, "young_threshold": 1, "merge_hist": 1}
+
+
+@pytest.mark.parametrize("sizes, builds", [((10, 50, 300), 2), ((10, 50), 3)])  # + warm_kernels' tiny stack
+def test_the_stack_built_while_the_child_works_is_kept_only_when_confirmed(tmp_path, monkeypatch, sizes, builds):
+    """The parent builds the stack on the store's first rows as the sample; with every row in use (the size-300
+    list holds the whole store) that guess is the sample and the stack is kept, else it is built again."""
+    w = make_world(7)
+    write_world(w, tmp_path, membership="lists", sizes=sizes)
+    _child_on(monkeypatch, False)
+    here = run(tmp_path, w, lists=True, sp=spec(sizes=sizes))
+    calls = []
+    real = mfe.build_stack
+
+    def spy(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(mfe, "build_stack", spy)
+    _child_on(monkeypatch, True)
+    child = run(tmp_path, w, lists=True, sp=spec(sizes=sizes))
+    assert len(calls) == builds
+    drop = ("timings", "created", "environment")
+    assert {k: v for k, v in child.items() if k not in drop} == {k: v for k, v in here.items() if k not in drop}

@@ -737,11 +737,16 @@ def match_noise(spec: MegafaceSpec, opts: MegafaceOptions, probe_paths: list[str
 SAMPLE_ROWS = 2048
 
 
-def impostor_sample(store, membership: Membership, probes: Probes) -> np.ndarray:
-    """Scores (m, n_probes) of the first ``SAMPLE_ROWS`` used distractor rows against the probes."""
+def sample_rows(membership: Membership) -> np.ndarray:
+    """The store rows of :func:`impostor_sample`: the first ``SAMPLE_ROWS`` used ones (sorted int64)."""
+    return np.sort(np.flatnonzero(membership.row_class >= 0)[:SAMPLE_ROWS])
+
+
+def impostor_sample(store, membership: Membership | None, probes: Probes, rows: np.ndarray | None = None) -> np.ndarray:
+    """Scores (m, n_probes) of the first ``SAMPLE_ROWS`` used distractor rows (or of ``rows``) against the probes."""
     from megabench.metrics.search import normalize_block
 
-    first = np.sort(np.flatnonzero(membership.row_class >= 0)[:SAMPLE_ROWS])
+    first = sample_rows(membership) if rows is None else rows
     if not first.size:
         return np.empty((0, probes.features.shape[0]), np.float32)
     xs = normalize_block(store.read(rows=first), source=str(store.path), rows=first, inplace=True)
@@ -822,6 +827,7 @@ class MegafaceInputs:
     noise: NoiseMatch
     sample_scores: np.ndarray
     store_hash: Any  # megabench.fileio.BackgroundSha256 of the store file
+    stack: Stack | None = None  # built while the tables child worked (:func:`prepare_stack` returns it)
 
     def distractors_sha256(self) -> str:
         return self.store_hash.result()
@@ -856,12 +862,18 @@ def load_inputs(spec: MegafaceSpec, opts: MegafaceOptions) -> MegafaceInputs:
             raise DataError(f"{opts.distractors}: distractor features have dimension {store.dim} but the probes "
                             f"({opts.probes}) have {probes.features.shape[1]}; extract both with the same model")
         _warn_if_models_differ(probes.meta, store.meta, str(opts.probes), str(opts.distractors))
+        early = None
         if tables is not None:
+            early = _early_stack(spec, opts, store, probes)
             warm_kernels(spec, opts)
             membership, lists_sha, noise = tables.result()
         else:
             membership, lists_sha, noise = distractor_tables(spec, opts, probes.paths, store)
-        sample = impostor_sample(store, membership, probes)
+        rows = sample_rows(membership)
+        if early is not None and np.array_equal(early[0], rows) and np.array_equal(early[1], noise.noisy_probe):
+            sample, stack = early[2], early[3]
+        else:  # no early stack, or built on rows / noisy probes that the tables did not confirm
+            sample, stack = impostor_sample(store, membership, probes, rows), None
         refuse_probe_copies(sample, str(opts.distractors))
     except BaseException:
         if tables is not None:
@@ -870,7 +882,29 @@ def load_inputs(spec: MegafaceSpec, opts: MegafaceOptions) -> MegafaceInputs:
         if store is not None:
             store.close()
         raise
-    return MegafaceInputs(probes, store, membership, lists_sha, noise, sample, store_hash)
+    return MegafaceInputs(probes, store, membership, lists_sha, noise, sample, store_hash, stack)
+
+
+def _early_stack(spec: MegafaceSpec, opts: MegafaceOptions, store, probes: Probes):
+    """While the tables child works: the stack built on a guess of its inputs -- the first ``SAMPLE_ROWS``
+    store rows as the sample (they are the sample whenever they are all in use, as with the devkit lists of
+    a store converted from them) and the FaceScrub noise flags matched here. Returns ``(rows, noisy_probe,
+    sample, stack)``, kept only if the tables confirm both; None where building it fails (the errors come
+    in their usual order from the path that rebuilds it)."""
+    from megabench.data.megaface_io import match_facescrub_noise, read_noise_list
+
+    try:
+        noisy = np.zeros(len(probes.paths), bool)
+        if opts.refine != "none":
+            noisy = match_facescrub_noise(probes.paths, read_noise_list(opts.noise_paths(spec)[0]))[0]
+        rows = np.arange(min(SAMPLE_ROWS, store.n), dtype=np.int64)
+        sample = impostor_sample(store, None, probes, rows)
+        stack = build_stack(probes, noisy, opts.refine, jitter_seed=opts.jitter_seed,
+                            allow_singletons=opts.allow_singletons, source=str(opts.probes), cut=opts.dense_cut,
+                            sample_scores=sample if opts.dense_cut is None else None)
+    except DataError:
+        return None
+    return rows, noisy, sample, stack
 
 
 def warm_kernels(spec: MegafaceSpec, opts: MegafaceOptions) -> None:
@@ -1162,7 +1196,10 @@ def check_outputs(spec: MegafaceSpec, opts: MegafaceOptions, *, out: PathArg = N
 
 # --- the run ----------------------------------------------------------------------------------------
 def prepare_stack(spec: MegafaceSpec, opts: MegafaceOptions, inputs: MegafaceInputs) -> Stack:
-    """The probe stack and variant plans of a run (see :func:`build_stack`)."""
+    """The probe stack and variant plans of a run (see :func:`build_stack`; the one :func:`load_inputs` built
+    while the tables child worked, when it did)."""
+    if inputs.stack is not None:
+        return inputs.stack
     return build_stack(inputs.probes, inputs.noise.noisy_probe, opts.refine, jitter_seed=opts.jitter_seed,
                        allow_singletons=opts.allow_singletons, source=str(opts.probes), cut=opts.dense_cut,
                        sample_scores=inputs.sample_scores if opts.dense_cut is None else None)

@@ -9,7 +9,9 @@ Usage: ``python benchmarks/megaface.py [--distractors 1000000] [--dim 512] [--de
    printed as a second floor.
 3. megabench: the full protocol (raw + refined, every size, ROC, ranks; reading the HDF5 store, warm in
    the page cache) in a child process, so its peak RSS is its own, ``--engine-runs`` times interleaved with
-   the floor's passes -> each run's ratio, then the ratio of the two medians, peak memory. Then a per-block
+   the floor's passes -> each run's ratio, then the ratio of the two medians, peak memory. Each run line says
+   whether the store's sha256 was remembered (megabench's cache: no hashing process) or computed;
+   ``--hash-store`` gives every run an empty cache, so that each one hashes the store. Then a per-block
    breakdown (GEMM vs the accumulator update of each kernel) on in-memory blocks.
 4. At ``--dense-at`` distractors: a dense evaluator (full probe x distractor score matrix, per-probe sort +
    searchsorted for ranks, argpartition for the TAR@FAR threshold) vs megabench on the same size.
@@ -24,6 +26,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +50,11 @@ if args["backend"] != "default":
     kw["backend"] = args["backend"]
 if args["device"] != "cpu":
     kw["device"] = args["device"]
+try:  # whether the store's sha256 is remembered (the run then starts no hashing process)
+    from megabench.fileio import remembered_sha256
+    remembered = remembered_sha256(args["distractors"]) is not None
+except ImportError:
+    remembered = None
 t = time.perf_counter()
 if hasattr(mfe, "MegafaceOptions"):  # run_megaface(spec, options)
     opts = mfe.MegafaceOptions(probes=args["probes"], distractors=args["distractors"], **kw)
@@ -59,7 +67,8 @@ peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith
 v = res["variants"]
 sizes = {k: {name: v[name]["sizes"][k]["rank1"] for name in v} for k in v["raw"]["sizes"]}
 backend = res.get("input", {}).get("backend") or res.get("run", {}).get("backend") or "torch"
-print(json.dumps({"wall": wall, "timings": res["timings"], "peak_rss_mb": peak, "sizes": sizes, "backend": backend}))
+print(json.dumps({"wall": wall, "timings": res["timings"], "peak_rss_mb": peak, "sizes": sizes, "backend": backend,
+                  "sha256_remembered": remembered}))
 """
 
 
@@ -85,7 +94,8 @@ def warm_page_cache(*paths: Path) -> None:
 
 
 def run_engine(folder: Path, sizes: list[int], block_rows: int, refine: str = "insightface",
-               kernel: str = "auto", prefetch: bool = True, backend: str = "default", device: str = "cpu") -> dict:
+               kernel: str = "auto", prefetch: bool = True, backend: str = "default", device: str = "cpu",
+               hash_store: bool = False) -> dict:
     args = {"kernel": kernel, "prefetch": prefetch, "backend": backend, "device": device,
             "probes": str(folder / "facescrub.h5"),
             "distractors": str(folder / "megaface.h5"),
@@ -93,7 +103,12 @@ def run_engine(folder: Path, sizes: list[int], block_rows: int, refine: str = "i
             "sizes": sizes, "fs": str(folder / "facescrub_noises.txt"), "mf": str(folder / "megaface_noises.txt"),
             "block_rows": block_rows, "refine": refine}
     warm_page_cache(*sorted(p for p in folder.rglob("*") if p.is_file()))  # stores, lists, noise lists
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], capture_output=True, text=True, check=True)
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory() as empty:
+        if hash_store:  # an empty megabench cache: no remembered sha256, the run hashes the store
+            env["MEGABENCH_CACHE"] = empty
+        out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], capture_output=True, text=True,
+                             check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -202,6 +217,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="bare-GEMM passes (median reported)")
     ap.add_argument("--engine-runs", type=int, default=3,
                     help="megabench runs at --distractors, interleaved with the GEMM passes (median reported)")
+    ap.add_argument("--hash-store", action="store_true",
+                    help="every engine run hashes the store (an empty megabench cache: no remembered sha256)")
     ap.add_argument("--skip-dense", action="store_true")
     ap.add_argument("--only-dense", action="store_true", help="only the dense-evaluator comparison")
     ap.add_argument("--kernel", default="auto", choices=["auto", "fused", "torch"], help="the engine's block kernel")
@@ -265,7 +282,7 @@ def bench_floor(a, folder: Path) -> None:
         if i < a.engine_runs:
             steal0 = steal_seconds()
             engines.append(run_engine(folder, sizes, a.block_rows, kernel=a.kernel, prefetch=a.prefetch == "on",
-                                      backend=a.backend, device=a.device))
+                                      backend=a.backend, device=a.device, hash_store=a.hash_store))
             steal1 = steal_seconds()
             steals.append(None if steal0 is None or steal1 is None else steal1 - steal0)
     used = engines[0].get("backend", "torch")
@@ -287,8 +304,9 @@ def bench_floor(a, folder: Path) -> None:
     for i, (e, st) in enumerate(zip(engines, steals, strict=True)):
         t = e["timings"]
         steal = f", host steal {st:.1f} CPU-s" if st is not None else ""  # 0 on a quiet host
+        sha = {True: ", sha256 remembered", False: ", sha256 computed"}.get(e.get("sha256_remembered"), "")
         print(f"megabench run {i + 1}        : {e['wall']:.1f}s  (stream {t['stream']:.1f}s, load+hash "
-              f"{t['load']:.1f}s, compute {t['compute']:.1f}s{steal}) -> {e['wall'] / floor:.2f}x")
+              f"{t['load']:.1f}s, compute {t['compute']:.1f}s{steal}{sha}) -> {e['wall'] / floor:.2f}x")
     print(f"megabench (all sizes)  : median {wall:.1f}s of {len(engines)}  (stream {med('stream'):.1f}s, "
           f"load+hash {med('load'):.1f}s, compute {med('compute'):.1f}s)")
     print(f"ratio total / GEMM     : {wall / floor:.2f}x   stream / GEMM: {med('stream') / floor:.2f}x")

@@ -173,3 +173,18 @@ def test_the_stack_built_while_the_child_works_is_kept_only_when_confirmed(tmp_p
     assert len(calls) == builds
     drop = ("timings", "created", "environment")
     assert {k: v for k, v in child.items() if k not in drop} == {k: v for k, v in here.items() if k not in drop}
+
+
+def test_the_child_imports_this_megabench_not_one_in_the_current_folder(tmp_path, monkeypatch, counted):
+    """A folder named megabench where the run is started (another checkout, say) must not replace the package
+    this process runs in the child: it would compute the tables with other code."""
+    w = make_world(8)
+    write_world(w, tmp_path)
+    fake = tmp_path / "cwd" / "megabench"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise SystemExit('the wrong megabench was imported')\n")
+    monkeypatch.chdir(tmp_path / "cwd")
+    bg = mft.BackgroundTables(spec(), _opts(tmp_path))
+    bg.send_probe_paths(list(w["paths"]))
+    bg.result()
+    assert not counted  # the child answered: it imported the right package

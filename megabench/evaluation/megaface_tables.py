@@ -35,7 +35,10 @@ from megabench.errors import DataError
 
 #: stores with fewer rows compute their tables in-process (starting a child costs ~0.3 s of CPU)
 TABLES_CHILD_MIN_ROWS = 200_000
-_CHILD = "from megabench.evaluation.megaface_tables import child_main; child_main()"
+#: the child's program: without ``-c``'s current-folder entry on sys.path (a ``megabench`` folder there must not
+#: shadow the package this process runs, which PYTHONPATH names first)
+_CHILD = ("import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]\n"
+          "from megabench.evaluation.megaface_tables import child_main; child_main()")
 
 
 def wants_child(store_path) -> bool:

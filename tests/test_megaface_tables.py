@@ -18,18 +18,23 @@ import megabench.evaluation.megaface_tables as mft
 from megabench.errors import DataError
 
 
-@pytest.fixture
-def counted(monkeypatch):
-    """Calls of distractor_tables in this process (the child's own calls are not counted)."""
+def _calls(monkeypatch, name: str) -> list:
+    """A list that grows by one at each call of ``megabench.evaluation.megaface.<name>`` in this process."""
     calls = []
-    real = mfe.distractor_tables
+    real = getattr(mfe, name)
 
     def spy(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(mfe, "distractor_tables", spy)
+    monkeypatch.setattr(mfe, name, spy)
     return calls
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Calls of distractor_tables in this process (the child's own calls are not counted)."""
+    return _calls(monkeypatch, "distractor_tables")
 
 
 def _child_on(monkeypatch, on: bool) -> None:
@@ -160,14 +165,7 @@ def test_the_stack_built_while_the_child_works_is_kept_only_when_confirmed(tmp_p
     write_world(w, tmp_path, membership="lists", sizes=sizes)
     _child_on(monkeypatch, False)
     here = run(tmp_path, w, lists=True, sp=spec(sizes=sizes))
-    calls = []
-    real = mfe.build_stack
-
-    def spy(*a, **k):
-        calls.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(mfe, "build_stack", spy)
+    calls = _calls(monkeypatch, "build_stack")
     _child_on(monkeypatch, True)
     child = run(tmp_path, w, lists=True, sp=spec(sizes=sizes))
     assert len(calls) == builds

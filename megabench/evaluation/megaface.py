@@ -899,9 +899,7 @@ def _early_stack(spec: MegafaceSpec, opts: MegafaceOptions, store, probes: Probe
             noisy = match_facescrub_noise(probes.paths, read_noise_list(opts.noise_paths(spec)[0]))[0]
         rows = np.arange(min(SAMPLE_ROWS, store.n), dtype=np.int64)
         sample = impostor_sample(store, None, probes, rows)
-        stack = build_stack(probes, noisy, opts.refine, jitter_seed=opts.jitter_seed,
-                            allow_singletons=opts.allow_singletons, source=str(opts.probes), cut=opts.dense_cut,
-                            sample_scores=sample if opts.dense_cut is None else None)
+        stack = _run_stack(opts, probes, noisy, sample)
     except DataError:
         return None
     return rows, noisy, sample, stack
@@ -1200,9 +1198,14 @@ def prepare_stack(spec: MegafaceSpec, opts: MegafaceOptions, inputs: MegafaceInp
     while the tables child worked, when it did)."""
     if inputs.stack is not None:
         return inputs.stack
-    return build_stack(inputs.probes, inputs.noise.noisy_probe, opts.refine, jitter_seed=opts.jitter_seed,
+    return _run_stack(opts, inputs.probes, inputs.noise.noisy_probe, inputs.sample_scores)
+
+
+def _run_stack(opts: MegafaceOptions, probes: Probes, noisy_probe: np.ndarray, sample_scores: np.ndarray) -> Stack:
+    """:func:`build_stack` with the run's options (the sample places the dense cut unless ``--dense-cut``)."""
+    return build_stack(probes, noisy_probe, opts.refine, jitter_seed=opts.jitter_seed,
                        allow_singletons=opts.allow_singletons, source=str(opts.probes), cut=opts.dense_cut,
-                       sample_scores=inputs.sample_scores if opts.dense_cut is None else None)
+                       sample_scores=sample_scores if opts.dense_cut is None else None)
 
 
 def run_megaface(spec: MegafaceSpec, options: MegafaceOptions, *, dist_info=None, echo=None) -> dict[str, Any] | None:

@@ -44,12 +44,12 @@ _CHILD = ("import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]
 def wants_child(store_path) -> bool:
     """True when the store holds at least TABLES_CHILD_MIN_ROWS rows (False when it cannot be read: the
     in-process computation then reports why, in its usual order)."""
-    import h5py
+    from megabench.data.megaface_io import open_store
 
     try:
-        with h5py.File(store_path, "r") as h5:
-            return int(h5["features"].shape[0]) >= TABLES_CHILD_MIN_ROWS
-    except Exception:  # noqa: BLE001 - any unreadable store: decided in-process
+        with open_store(store_path, "--distractors") as store:
+            return store.n >= TABLES_CHILD_MIN_ROWS
+    except DataError:
         return False
 
 

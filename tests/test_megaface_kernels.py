@@ -377,3 +377,44 @@ def test_young_threshold_is_a_lower_bound_of_the_kth_largest_within_two_bins():
             assert (vals >= tau).sum() >= k
             assert in_range[k - 1] - 2 * width <= tau <= in_range[k - 1]
         assert young_threshold(S, rows, cols, in_range.size + 1, n_bins, 3) == -np.inf
+
+
+IDLE_PROBE = r"""
+import json, os, time
+import numba
+import numpy as np
+import megabench.metrics.kernels_numba as kn
+n = kn.start_threads()
+x = np.random.default_rng(0).random((2000, 500), dtype=np.float32)
+rows, cols = np.arange(2000), np.arange(500)
+burnt = []
+for _ in range(12):  # CPU time the process uses while it sleeps 50 ms right after a parallel region
+    kn.young_threshold(x, rows, cols, 5, 1024, n)
+    c = time.process_time()
+    time.sleep(0.05)
+    burnt.append(time.process_time() - c)
+print(json.dumps({"burnt_ms": float(np.median(burnt[2:]) * 1e3), "layer": numba.threading_layer(),
+                  "env": {v: os.environ.get(v) for v in kn.WAIT_POLICY_VARS}}))
+"""
+
+
+def test_numba_workers_sleep_when_idle_and_the_setting_stays_in_the_runtime():
+    """start_threads: idle OpenMP workers do not spin (they took a core from the next block's GEMM), the
+    variable does not outlive the runtime's start (children, later runtimes), and a user's choice is kept."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def probe(**extra):
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} | extra
+        out = subprocess.run([sys.executable, "-c", IDLE_PROBE], capture_output=True, text=True, env=env, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    ours = probe()
+    users = probe(GOMP_SPINCOUNT="300000")  # libgomp's own default, chosen by the user: kept
+    assert ours["env"] == {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None}
+    assert users["env"] == {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "300000"}
+    if ours["layer"] == "omp":  # numba's default layer where no TBB is installed (as in megabench's set-up)
+        assert ours["burnt_ms"] < 1.0, ours
+        assert users["burnt_ms"] > 5 * ours["burnt_ms"] + 0.5, (users, ours)

@@ -53,7 +53,7 @@ step() {  # step NAME SECONDS command...: run it, keep its log, note rc and seco
 step cuda_tests 100 "$PY" -m pytest -q -p no:cacheprovider --tb=short -rfE -m cuda tests/test_megaface_kernels.py \
     tests/test_megaface_protocol.py tests/test_extract_engine.py tests/test_profile_export.py
 step megaface_bench 200 "$PY" benchmarks/megaface.py --distractors "$N" --skip-dense --device "$DEVICE" \
-    --breakdown-blocks 0
+    --breakdown-blocks 0 --engine-runs 3
 step profile 120 "$PY" -m megabench profile ${PROFILE_ARGS:---table 1} --device "$DEVICE" --out "$LOGS/profile"
 step synth_pack 45 "$PY" -m megabench synth faces --out "$WORK/faces" --identities 4 --images-per-identity 2 \
     --pack-identities 200 --pairs "$PAIRS" --workers 8

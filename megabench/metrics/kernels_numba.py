@@ -64,9 +64,12 @@ def start_threads() -> int:
     core from the GEMM of the next block (measured at 1M on 2 cores: GEMM 147-148 ms per block after the
     fused pass vs 141-143 ms with sleeping workers, bare GEMM 140-142 ms; whole run ~0.4 s faster). The
     runtime reads ``OMP_WAIT_POLICY`` once, when it loads: it is set to ``passive`` only for that moment
-    (unless the user set either of ``WAIT_POLICY_VARS``), so neither child processes nor a runtime loaded
-    later inherit it. Where the runtime was loaded before (torch imported first: numba shares its libgomp),
-    its own setting stays: slower here, never wrong.
+    (unless the user set either of ``WAIT_POLICY_VARS``), so child processes do not inherit it. The process
+    has one libgomp: where torch was imported first, numba shares torch's and its default stays (slower
+    here, never other numbers); torch imported later shares this one, so its CPU parallel regions also
+    wake sleeping workers (a small CNN training step on 2 threads: 79-84 -> 87 ms). megabench's commands
+    that train or extract import it first; a program that runs the fused kernel and then trains on the CPU in
+    one process can keep libgomp's default with ``GOMP_SPINCOUNT=300000``.
     """
     if any(v in os.environ for v in WAIT_POLICY_VARS):
         return numba.get_num_threads()

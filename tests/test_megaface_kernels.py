@@ -400,14 +400,17 @@ print(json.dumps({"burnt_ms": float(np.median(burnt[2:]) * 1e3), "layer": numba.
 
 def test_numba_workers_sleep_when_idle_and_the_setting_stays_in_the_runtime():
     """start_threads: idle OpenMP workers do not spin (they took a core from the next block's GEMM), the
-    variable does not outlive the runtime's start (children, later runtimes), and a user's choice is kept."""
+    variable does not outlive the runtime's start (child processes would inherit it), and a user's choice is
+    kept."""
     import json
     import os
     import subprocess
     import sys
 
+    from megabench.metrics.kernels_numba import WAIT_POLICY_VARS
+
     def probe(**extra):
-        env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} | extra
+        env = {k: v for k, v in os.environ.items() if k not in WAIT_POLICY_VARS} | extra
         out = subprocess.run([sys.executable, "-c", IDLE_PROBE], capture_output=True, text=True, env=env, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
